@@ -1,0 +1,126 @@
+"""Generic Hugging Face causal LM: a safetensors folder or a GGUF file, prompted with the
+tokenizer's own chat template, decoded token by token over the model's KV cache."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from adapters.base import ModelAdapter, ModelLoadError, Step
+from adapters.detokenize import IncrementalDetokenizer
+from adapters.gguf_cache import convert_gguf
+from adapters.sampling import make_generator, next_token
+from workers.protocol import ChatMessage, SamplingParams
+
+log = logging.getLogger(__name__)
+
+# Used only when a tokenizer ships no chat template (issue 6 adds a registry of named templates).
+_CHATML_FALLBACK = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(wanted: str) -> torch.device:
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(wanted)
+
+
+def pick_dtype(wanted: str, device: torch.device) -> torch.dtype:
+    if wanted != "auto":
+        return _DTYPES[wanted]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+class HfCausalAdapter(ModelAdapter):
+    name = "hf-causal"
+
+    def load(self) -> None:
+        started = time.monotonic()
+        path = self.spec.path
+        if not path.exists():
+            raise ModelLoadError(f"model {self.spec.name!r}: {path} does not exist (see README: make model)")
+        folder = convert_gguf(path, self.cache_dir) if path.suffix == ".gguf" else path
+        self.device = pick_device(self.spec.device)
+        dtype = pick_dtype(self.spec.dtype, self.device)
+        remote = self.spec.trust_remote_code
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=remote)
+        self.model.to(self.device).eval()
+        if not self.tokenizer.chat_template:
+            log.warning("%s has no chat template; using ChatML", self.spec.name)
+            self.tokenizer.chat_template = _CHATML_FALLBACK
+        self._eos_ids = self._find_eos_ids()
+        # transformers 5.x renamed `past_key_values` to `cache`; support both.
+        forward_params = inspect.signature(self.model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
+        self._context_length = self._find_context_length()
+        log.info(
+            "loaded %s (%s, %s on %s, context %d) in %.1f s",
+            self.spec.name, self.model.config.model_type, dtype, self.device,
+            self._context_length, time.monotonic() - started,
+        )  # fmt: skip
+
+    def _find_eos_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        return frozenset(ids)
+
+    def _find_context_length(self) -> int:
+        native = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        return min(native, self.spec.max_context) if self.spec.max_context else native
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    def chat_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        # The template already wrote any BOS it wants; do not let the tokenizer add another.
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def text_prompt(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    @torch.inference_mode()
+    def stream(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int) -> Iterator[Step]:
+        generator = make_generator(params, self.device)
+        detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_ids)
+        inputs = torch.tensor([prompt_ids], device=self.device)
+        out = self.model(input_ids=inputs, use_cache=True)
+        cache = _returned_cache(out)
+        for produced in range(1, max_new_tokens + 1):
+            token = next_token(out.logits[0, -1], params, generator)
+            if token in self._eos_ids:
+                yield Step(detokenizer.flush(), finish="stop")
+                return
+            yield Step(detokenizer.push(token))
+            if produced < max_new_tokens:
+                step_input = torch.tensor([[token]], device=self.device)
+                out = self.model(input_ids=step_input, use_cache=True, **{self._cache_kwarg: cache})
+        tail = detokenizer.flush()
+        if tail:
+            yield Step(tail, tokens=0)
+
+
+def _returned_cache(out: object) -> object:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values

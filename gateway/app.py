@@ -1,0 +1,43 @@
+"""Builds the FastAPI app: connections live on app.state for the app's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from gateway.errors import install_error_handlers
+from gateway.registry import Registry
+from gateway.relay import Relay
+from gateway.routes import chat, completions, health, models
+from gateway.settings import GatewaySettings
+from workers.celery_app import make_celery
+from workers.models_file import load_models_file
+from workers.settings import WorkerSettings
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    known_models = load_models_file(settings.models_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(settings.redis_url)
+        celery = make_celery(WorkerSettings(redis_url=settings.redis_url, task_expiry=settings.queue_timeout))
+        registry = Registry(redis, known_models, settings.heartbeat_ttl)
+        app.state.redis = redis
+        app.state.relay = Relay(redis, celery, registry, settings.queue_timeout, settings.idle_timeout)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            celery.close()
+
+    app = FastAPI(title="QueueChat", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    for module in (chat, completions, models, health):
+        app.include_router(module.router)
+    return app

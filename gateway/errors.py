@@ -1,0 +1,125 @@
+"""One exception family for the API, rendered in OpenAI's error shape, and the app's handlers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from workers.protocol import ErrorEvent
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+class InvalidRequest(APIError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class NotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' does not exist.", param="model")
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class InternalError(APIError):
+    pass
+
+
+_EVENT_ERRORS: dict[str, type[APIError]] = {
+    "model_not_found": NotFound,
+    "context_length_exceeded": InvalidRequest,
+    "invalid_request": InvalidRequest,
+    "expired": ServiceUnavailable,
+    "cancelled": ServiceUnavailable,
+    "internal_error": InternalError,
+}
+
+
+def from_event(event: ErrorEvent) -> APIError:
+    """The API error that a worker's error event stands for."""
+    return _EVENT_ERRORS[event.code](event.message, param=event.param, code=event.code)
+
+
+def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
+    parts = [p for p in loc if p not in ("body", "query", "path")]
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not str(part).startswith(("function-", "list[", "str", "int", "float", "bool", "literal")):
+            text += f".{part}" if text else str(part)
+    return text or None
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON.", code="invalid_json").response()
+    param = _param_from_loc(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid request")
+    if param and first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+    elif param:
+        message = f"Invalid value for '{param}': {message}"
+    return InvalidRequest(message, param=param).response()
+
+
+async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    return exc.response()
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = {404: NotFound, 405: InvalidRequest}.get(exc.status_code, APIError)
+    error = kind(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    error.status = exc.status_code
+    return error.response()
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return InternalError("The server had an error while processing your request.").response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(APIError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)

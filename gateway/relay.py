@@ -1,0 +1,157 @@
+"""Submit a job to its model's queue and relay the worker's events back, in order.
+
+Subscribe first, then send: no event can be published before the gateway listens.  While
+waiting, the gateway watches the workers' heartbeats, so a dead worker becomes an error within
+seconds instead of a hung stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any
+
+import anyio
+import redis.exceptions
+from celery import Celery
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from gateway.errors import InternalError, ServiceUnavailable
+from gateway.registry import Registry
+from workers.protocol import (
+    TASK_GENERATE,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    GenerateJob,
+    StartEvent,
+    cancel_key_for,
+    channel_for,
+    decode_event,
+)
+
+log = logging.getLogger(__name__)
+
+_POLL_SECONDS = 1.0  # how often a silent wait re-checks the workers' heartbeats
+
+
+class Relay:
+    def __init__(self, redis: Redis, celery: Celery, registry: Registry, queue_timeout: float, idle_timeout: float):
+        self.redis = redis
+        self.celery = celery
+        self.registry = registry
+        self.queue_timeout = queue_timeout
+        self.idle_timeout = idle_timeout
+
+    async def submit(self, job: GenerateJob) -> EventStream:
+        """Queue `job`; the returned stream yields its events.  Close it (async with) when done."""
+        try:
+            await self.registry.require_live(job.model)
+            pubsub = self.redis.pubsub()
+            stream = EventStream(self, pubsub, job)
+            try:
+                await pubsub.subscribe(channel_for(job.request_id))
+                await _confirmed(pubsub)
+                await anyio.to_thread.run_sync(partial(self._send, job))
+            except BaseException:
+                await stream.aclose()
+                raise
+        except redis.exceptions.RedisError as exc:
+            raise ServiceUnavailable(f"The queue is unreachable: {exc}", code="queue_unavailable") from exc
+        return stream
+
+    def _send(self, job: GenerateJob) -> None:
+        self.celery.send_task(
+            TASK_GENERATE,
+            args=[job.model_dump(mode="json")],
+            queue=job.model,
+            task_id=job.request_id,
+            expires=datetime.fromtimestamp(job.expires_at, tz=timezone.utc),
+        )
+
+
+async def _confirmed(pubsub: PubSub) -> None:
+    """Wait for Redis to confirm the subscription."""
+    message = await pubsub.get_message(timeout=5.0)
+    if message is None or message["type"] != "subscribe":
+        raise ServiceUnavailable("Redis did not confirm the subscription.", code="queue_unavailable")
+
+
+class EventStream:
+    """The events of one request, checked for order, with timeouts and worker-liveness checks."""
+
+    def __init__(self, relay: Relay, pubsub: PubSub, job: GenerateJob) -> None:
+        self._relay = relay
+        self._pubsub = pubsub
+        self.job = job
+        self._next_seq = 0
+        self._worker: str | None = None
+        self._finished = False
+        self._closed = False
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            event = await self._receive()
+        except redis.exceptions.RedisError as exc:
+            raise ServiceUnavailable(f"Lost the connection to the queue: {exc}", code="queue_unavailable") from exc
+        if event.seq != self._next_seq:
+            raise InternalError(
+                f"Lost part of the response (expected event {self._next_seq}, got {event.seq}).", code="event_gap"
+            )
+        self._next_seq += 1
+        if isinstance(event, StartEvent):
+            self._worker = event.worker
+        self._finished = isinstance(event, (DoneEvent, ErrorEvent))
+        return event
+
+    async def _receive(self) -> Event:
+        relay = self._relay
+        limit = relay.idle_timeout if self._worker else relay.queue_timeout
+        deadline = time.monotonic() + limit
+        while True:
+            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_SECONDS)
+            if message is not None and message["type"] == "message":
+                try:
+                    return decode_event(message["data"])
+                except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                    raise InternalError("A worker sent a malformed event.", code="bad_event") from exc
+            if time.monotonic() > deadline:
+                what = "produced nothing" if self._worker else "was not started by any worker"
+                raise ServiceUnavailable(f"The request {what} within {limit:.0f} s.", code="timeout")
+            await self._check_workers()
+
+    async def _check_workers(self) -> None:
+        registry, model = self._relay.registry, self.job.model
+        if self._worker is None:
+            if not await registry.live_workers(model):
+                raise ServiceUnavailable(f"No worker is serving model '{model}' any more.", code="model_unavailable")
+        elif not await registry.is_alive(model, self._worker):
+            raise ServiceUnavailable(f"The worker serving this request ({self._worker}) stopped.", code="worker_lost")
+
+    async def aclose(self) -> None:
+        """Unsubscribe; if the response is incomplete, tell the worker to stop (or never start)."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                if not self._finished:
+                    await self._relay.redis.set(cancel_key_for(self.job.request_id), 1, ex=int(self._relay.queue_timeout) + 60)
+                await self._pubsub.unsubscribe()
+                await self._pubsub.aclose()
+            except redis.exceptions.RedisError as exc:
+                log.warning("cleanup of %s failed: %s", self.job.request_id, exc)

@@ -1,0 +1,17 @@
+"""POST /v1/chat/completions"""
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from gateway.deps import RelayDep, SettingsDep
+from gateway.generation import respond
+from gateway.openai_types import CreateChatCompletionRequest
+from gateway.render import Format
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(body: CreateChatCompletionRequest, relay: RelayDep, settings: SettingsDep) -> Response:
+    job = body.to_job(settings.queue_timeout)
+    return await respond(relay, job, Format.CHAT, body.stream, body.include_usage)

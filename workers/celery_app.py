@@ -1,0 +1,43 @@
+"""Builds the Celery app shared by workers (which run it) and the gateway (which sends to it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from workers.settings import WorkerSettings
+
+
+class QueueChatCelery(Celery):
+    """A Celery app that carries its settings and, inside a worker, the loaded models."""
+
+    settings: WorkerSettings
+    state: Any = None  # workers.lifecycle.WorkerState once the worker has loaded its models
+
+
+def make_celery(settings: WorkerSettings | None = None) -> QueueChatCelery:
+    settings = settings or WorkerSettings()
+    app = QueueChatCelery("queuechat", broker=settings.redis_url, include=["workers.tasks"])
+    app.settings = settings
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # results travel on pub/sub, not through a result backend
+        # A task is acknowledged when it ends, and a worker holds one unacknowledged task per
+        # slot: the backlog stays in Redis, visible in Flower, until a worker has room.
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        # Threads, not prefork: models are loaded once in the worker's main process (CUDA does
+        # not survive fork), and the consumer keeps heartbeating while a task generates.
+        worker_pool="threads",
+        worker_concurrency=1,
+        # A restored unacknowledged task (worker killed) comes back only after this; by then
+        # its expiry has passed and it is dropped rather than generated twice.
+        broker_transport_options={"visibility_timeout": max(3600, int(settings.task_expiry * 2))},
+        worker_send_task_events=True,  # for Flower
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app

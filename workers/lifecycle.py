@@ -1,0 +1,119 @@
+"""Worker start-up and shutdown: load the models of the consumed queues, then heartbeat.
+
+Connected to Celery's signals when the worker imports `workers.tasks`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+from celery import signals
+
+from adapters import ModelLoadError, adapter_class
+from workers.celery_app import QueueChatCelery
+from workers.engine import Engine
+from workers.models_file import load_models_file
+from workers.protocol import MODELS_SEEN_KEY, live_workers_key
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class WorkerStartupError(RuntimeError):
+    pass
+
+
+@dataclass
+class WorkerState:
+    """Everything a running worker holds: its id, Redis client and one engine per model."""
+
+    worker_id: str
+    settings: WorkerSettings
+    redis: redis.Redis
+    engines: dict[str, Engine]
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def beat(self) -> None:
+        """Announce every model this worker serves, scored with the current time."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        for model in self.engines:
+            pipe.zadd(live_workers_key(model), {self.worker_id: now})
+            pipe.zremrangebyscore(live_workers_key(model), "-inf", now - 10 * self.settings.heartbeat_ttl)
+            pipe.sadd(MODELS_SEEN_KEY, model)
+        pipe.execute()
+
+    def _beat_forever(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval):
+            try:
+                self.beat()
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def start_heartbeat(self) -> None:
+        self.beat()
+        threading.Thread(target=self._beat_forever, name="queuechat-heartbeat", daemon=True).start()
+
+    def withdraw(self) -> None:
+        """Stop heartbeating and remove this worker from the live sets at once."""
+        self._stop.set()
+        try:
+            for model in self.engines:
+                self.redis.zrem(live_workers_key(model), self.worker_id)
+        except redis.RedisError as exc:
+            log.warning("could not withdraw from the registry: %s", exc)
+
+
+def load_engines(settings: WorkerSettings, queues: list[str]) -> dict[str, Engine]:
+    models = load_models_file(settings.models_file)
+    served = [q for q in queues if models.get(q)]
+    for queue in queues:
+        if queue not in served:
+            log.warning("queue %r names no model in %s; its tasks will fail", queue, settings.models_file)
+    if not served:
+        raise WorkerStartupError(
+            f"this worker consumes no model queue; start it with -Q <model> "
+            f"(models in {settings.models_file}: {', '.join(models.names)})"
+        )
+    engines = {}
+    for name in served:
+        spec = models.models[name]
+        log.info("loading model %s (adapter %s) from %s", name, spec.adapter, spec.path)
+        adapter = adapter_class(spec.adapter)(spec, settings.cache_dir)
+        adapter.load()
+        engines[name] = Engine(adapter)
+    return engines
+
+
+@signals.worker_init.connect
+def _load_models(sender: object, **_: object) -> None:
+    app = getattr(sender, "app", None)
+    if not isinstance(app, QueueChatCelery):
+        return
+    queues = sorted(app.amqp.queues.consume_from or [])
+    try:
+        engines = load_engines(app.settings, queues)
+    except (ModelLoadError, WorkerStartupError, ValueError, OSError) as exc:
+        log.critical("worker cannot start: %s", exc)
+        raise SystemExit(2) from exc
+    client = redis.Redis.from_url(app.settings.redis_url)
+    app.state = WorkerState(sender.hostname, app.settings, client, engines)  # type: ignore[attr-defined]
+
+
+@signals.worker_ready.connect
+def _announce(sender: object, **_: object) -> None:
+    app = getattr(sender, "app", None)
+    if isinstance(app, QueueChatCelery) and app.state is not None:
+        app.state.start_heartbeat()
+        log.info("serving %s as %s", ", ".join(app.state.engines), app.state.worker_id)
+
+
+@signals.worker_shutdown.connect
+def _withdraw(sender: object, **_: object) -> None:
+    app = getattr(sender, "app", None)
+    if isinstance(app, QueueChatCelery) and app.state is not None:
+        app.state.withdraw()

@@ -1,0 +1,78 @@
+"""The models file: model name -> adapter, path and options.  YAML or TOML.
+
+```yaml
+models:
+  smollm2-135m:
+    adapter: hf-causal
+    path: ../models/SmolLM2-135M-Instruct.Q4_1.gguf   # relative to this file
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class ModelsFileError(ValueError):
+    pass
+
+
+class ModelSpec(BaseModel):
+    """One servable model; its `name` is also the name of its Celery queue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    adapter: str = "hf-causal"
+    path: Path
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = "auto"
+    max_context: int | None = Field(None, ge=16, description="cap on prompt + completion tokens")
+    trust_remote_code: bool = False
+    owned_by: str = "queuechat"
+
+
+class ModelsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[str, ModelSpec]
+
+    def get(self, name: str) -> ModelSpec | None:
+        return self.models.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.models)
+
+
+def load_models_file(path: Path) -> ModelsFile:
+    """Parse and validate; relative model paths are resolved against the file's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ModelsFileError(f"cannot read models file {path}: {exc}") from exc
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ModelsFileError(f"models file {path} is not valid: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict):
+        raise ModelsFileError(f"models file {path} needs a top-level 'models:' mapping")
+    specs = {}
+    for name, entry in raw["models"].items():
+        entry = dict(entry or {})
+        entry["name"] = name
+        if "path" in entry:
+            entry["path"] = (path.parent / Path(entry["path"]).expanduser()).resolve()
+        specs[name] = entry
+    try:
+        return ModelsFile(models=specs)
+    except ValidationError as exc:
+        raise ModelsFileError(f"models file {path}: {exc}") from exc

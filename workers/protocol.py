@@ -1,0 +1,139 @@
+"""The wire protocol between gateway and workers, imported by both sides.
+
+Depends on pydantic only.  A request travels as one `GenerateJob` (the Celery task's single
+argument); its results come back as numbered events on the pub/sub channel `channel_for(id)`:
+one `StartEvent`, any number of `TokenEvent`s, then exactly one `DoneEvent` or `ErrorEvent`.
+`seq` starts at 0 and grows by one per event, so the receiver can detect a lost event.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+TASK_GENERATE = "queuechat.generate"
+KEY_PREFIX = "queuechat:"
+
+
+def channel_for(request_id: str) -> str:
+    """The pub/sub channel carrying the events of one request."""
+    return f"{KEY_PREFIX}events:{request_id}"
+
+
+def cancel_key_for(request_id: str) -> str:
+    """A key the gateway sets when the client left; the worker stops generating for it."""
+    return f"{KEY_PREFIX}cancel:{request_id}"
+
+
+def live_workers_key(model: str) -> str:
+    """Sorted set of worker ids serving `model`, scored by their last heartbeat (unix time)."""
+    return f"{KEY_PREFIX}live:{model}"
+
+
+MODELS_SEEN_KEY = f"{KEY_PREFIX}models"  # set of every model name a worker has announced
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SamplingParams(_Frozen):
+    """How to pick tokens.  Ranges follow OpenAI's API."""
+
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class ChatMessage(_Frozen):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str
+
+
+class GenerateJob(_Frozen):
+    """One request for one model.  Exactly one of `messages` (chat) or `prompt` (completion)."""
+
+    request_id: str
+    model: str
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    params: SamplingParams = SamplingParams()
+    expires_at: float = Field(description="unix time after which the work is worthless")
+
+    def model_post_init(self, __context: object) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a job carries either messages or a prompt")
+
+    @property
+    def expired(self) -> bool:
+        return time.time() > self.expires_at
+
+
+class Usage(_Frozen):
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class StartEvent(_Frozen):
+    """A worker took the job and its prompt fits: the request will be answered by `worker`."""
+
+    type: Literal["start"] = "start"
+    seq: int
+    worker: str
+    prompt_tokens: int
+
+
+class TokenEvent(_Frozen):
+    type: Literal["token"] = "token"
+    seq: int
+    text: str
+
+
+class DoneEvent(_Frozen):
+    type: Literal["done"] = "done"
+    seq: int
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+
+
+ErrorCode = Literal[
+    "model_not_found",
+    "context_length_exceeded",
+    "invalid_request",
+    "expired",
+    "cancelled",
+    "internal_error",
+]
+
+
+class ErrorEvent(_Frozen):
+    type: Literal["error"] = "error"
+    seq: int
+    code: ErrorCode
+    message: str
+    param: str | None = None
+
+
+Event = Annotated[Union[StartEvent, TokenEvent, DoneEvent, ErrorEvent], Field(discriminator="type")]
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def decode_event(data: bytes | str) -> Event:
+    """Parse one event; raises pydantic.ValidationError on anything malformed."""
+    return _EVENT_ADAPTER.validate_json(data)

@@ -1,0 +1,64 @@
+"""Thin task bodies: parse the job, run the engine, publish events.  One error boundary."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery import shared_task
+from pydantic import ValidationError
+
+import workers.lifecycle  # noqa: F401  (connects the start-up and heartbeat signal handlers)
+from adapters import ContextLengthExceeded
+from workers.engine import Cancelled, Finished
+from workers.lifecycle import WorkerState
+from workers.protocol import TASK_GENERATE, GenerateJob, cancel_key_for
+from workers.publisher import EventPublisher
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name=TASK_GENERATE, bind=True)
+def generate(self: Any, payload: dict[str, Any]) -> None:
+    run_job(self.app.state, payload)
+
+
+def run_job(state: WorkerState, payload: dict[str, Any]) -> None:
+    request_id = str(payload.get("request_id", "")) if isinstance(payload, dict) else ""
+    publisher = EventPublisher(state.redis, request_id)
+    try:
+        _generate(state, GenerateJob.model_validate(payload), publisher)
+    except ValidationError as exc:
+        log.warning("rejected malformed job %s: %s", request_id or "?", exc)
+        publisher.error("invalid_request", f"malformed job: {exc.errors()[0]['msg']}")
+    except ContextLengthExceeded as exc:
+        publisher.error("context_length_exceeded", str(exc), param="messages")
+    except Cancelled:
+        log.info("request %s cancelled by its client", request_id)
+        publisher.error("cancelled", "the client cancelled the request")
+    except redis.RedisError:
+        log.exception("lost Redis while serving %s", request_id)
+    except Exception:
+        log.exception("request %s failed", request_id)
+        if not publisher.finished:
+            publisher.error("internal_error", "the worker failed while generating; see its log")
+
+
+def _generate(state: WorkerState, job: GenerateJob, publisher: EventPublisher) -> None:
+    cancel_key = cancel_key_for(job.request_id)
+    if job.expired or state.redis.exists(cancel_key):
+        log.info("dropping %s: its client is gone", job.request_id)
+        publisher.error("expired", "the request expired before a worker was free")
+        return
+    engine = state.engines.get(job.model)
+    if engine is None:
+        publisher.error("model_not_found", f"this worker does not serve model {job.model!r}", param="model")
+        return
+    prompt_ids = engine.prompt_ids(job)
+    publisher.start(worker=state.worker_id, prompt_tokens=len(prompt_ids))
+    for item in engine.generate(prompt_ids, job.params, cancelled=lambda: bool(state.redis.exists(cancel_key))):
+        if isinstance(item, Finished):
+            publisher.done(item.finish_reason, item.usage)
+        else:
+            publisher.token(item)

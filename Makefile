@@ -1,0 +1,39 @@
+# QueueChat: `make run` serves the default model, `make test` runs every test.
+# Both create the virtual environment and fetch the model file themselves.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; set TORCH_SPEC=torch (or a CUDA build) on a GPU machine.
+TORCH_SPEC ?= torch==2.13.0
+MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+.PHONY: run test venv model unit integration clean
+
+run: venv model
+	$(PY) scripts/run_stack.py
+
+test: venv model
+	$(PY) -m pytest -ra
+
+unit: venv
+	$(PY) -m pytest -ra tests/unit
+
+integration: venv model
+	$(PY) -m pytest -ra tests/integration
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+model: $(MODEL_FILE)
+
+$(MODEL_FILE): | venv
+	$(PY) scripts/fetch_default_model.py --target $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -37,7 +37,6 @@ class Envelope:
             "object": self._object(chunk),
             "created": self.created,
             "model": self.model,
-            "system_fingerprint": None,
             "choices": choices,
         }
         if usage is not None:

@@ -1,0 +1,76 @@
+"""Real redis-server, real Celery workers (subprocesses), real uvicorn gateway, official openai SDK.
+
+One stack per test session: tiny-a and tiny-b are tiny random models, each served by its own
+worker; tiny-idle is in the models file but no worker serves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.integration.processes import Gateway, RedisServer, Worker, stack_env
+from tests.conftest import DEFAULT_MODEL_FILE
+from tests.tiny_models import write_models_file
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def models_file(workdir: Path, tiny_model_dir: Path, tiny_model_dir_b: Path) -> Path:
+    return write_models_file(
+        workdir / "models.yaml",
+        {
+            "tiny-a": {"adapter": "hf-causal", "path": tiny_model_dir},
+            "tiny-b": {"adapter": "hf-causal", "path": tiny_model_dir_b},
+            "tiny-idle": {"adapter": "hf-causal", "path": tiny_model_dir},
+            "smollm2-135m": {"adapter": "hf-causal", "path": DEFAULT_MODEL_FILE},
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def env(redis_server: RedisServer, models_file: Path) -> dict[str, str]:
+    return stack_env(redis_server.url, models_file)
+
+
+@pytest.fixture(scope="session")
+def workers(env: dict[str, str], workdir: Path, redis_server: RedisServer) -> Iterator[dict[str, Worker]]:
+    started = {name: Worker([name], env, workdir) for name in ("tiny-a", "tiny-b")}
+    try:
+        for worker in started.values():
+            worker.wait_live(redis_server.client)
+        yield started
+    finally:
+        for worker in started.values():
+            worker.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(env: dict[str, str], workdir: Path, workers: dict[str, Worker]) -> Iterator[Gateway]:
+    server = Gateway(env, workdir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def client(gateway: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def async_client(gateway: Gateway) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", max_retries=0, timeout=60)

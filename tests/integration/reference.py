@@ -1,0 +1,47 @@
+"""Independent oracle: what plain transformers `generate` (greedy) says a model answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Reference:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+@lru_cache(maxsize=4)
+def _load(model_dir: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
+
+
+def greedy(model_dir: Path, *, messages: list[dict] | None = None, prompt: str | None = None,
+           max_tokens: int = 16) -> Reference:  # fmt: skip
+    import torch
+
+    tokenizer, model = _load(model_dir)
+    if messages is not None:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    else:
+        ids = tokenizer.encode(prompt)
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    new = out[0, len(ids):].tolist()
+    hit_eos = tokenizer.eos_token_id in new
+    if hit_eos:
+        new = new[: new.index(tokenizer.eos_token_id) + 1]
+    return Reference(
+        text=tokenizer.decode(new, skip_special_tokens=True),
+        prompt_tokens=len(ids),
+        completion_tokens=len(new),
+        finish_reason="stop" if hit_eos else "length",
+    )

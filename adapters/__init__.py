@@ -5,7 +5,7 @@ Imported only by workers.  The models file names an adapter by its key in `ADAPT
 
 from __future__ import annotations
 
-from adapters.base import AdapterError, ContextLengthExceeded, ModelAdapter, ModelLoadError, Step
+from adapters.base import AdapterError, ContextLengthExceeded, EmptyPrompt, ModelAdapter, ModelLoadError, Step
 
 
 def adapter_class(name: str) -> type[ModelAdapter]:
@@ -23,6 +23,7 @@ __all__ = [
     "ADAPTER_NAMES",
     "AdapterError",
     "ContextLengthExceeded",
+    "EmptyPrompt",
     "ModelAdapter",
     "ModelLoadError",
     "Step",

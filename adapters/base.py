@@ -26,6 +26,11 @@ class ContextLengthExceeded(AdapterError):
         self.limit = limit
 
 
+class EmptyPrompt(AdapterError):
+    def __init__(self) -> None:
+        super().__init__("The prompt is empty and this model has no beginning-of-text token to start from.")
+
+
 class ModelLoadError(Exception):
     """The model named in the models file could not be loaded."""
 

@@ -3,6 +3,7 @@ Convert once and keep a safetensors copy in the cache directory; later loads tak
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -13,9 +14,13 @@ log = logging.getLogger(__name__)
 
 
 def converted_dir(gguf_path: Path, cache_dir: Path) -> Path:
-    """Cache folder for one GGUF file; a changed file (size or mtime) gets a new folder."""
-    stat = gguf_path.stat()
-    return cache_dir / "gguf" / f"{gguf_path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    """Cache folder for one GGUF file, named by its content: a re-downloaded copy of the same
+    file hits the cache, a changed file gets a new folder.  (Hashing 100 MB takes ~0.2 s.)"""
+    digest = hashlib.sha256()
+    with open(gguf_path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return cache_dir / "gguf" / f"{gguf_path.stem}-{digest.hexdigest()[:16]}"
 
 
 def is_complete(folder: Path) -> bool:

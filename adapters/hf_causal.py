@@ -95,7 +95,10 @@ class HfCausalAdapter(ModelAdapter):
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def text_prompt(self, prompt: str) -> list[int]:
-        return self.tokenizer.encode(prompt)
+        ids = self.tokenizer.encode(prompt)
+        if not ids and self.tokenizer.bos_token_id is not None:
+            ids = [self.tokenizer.bos_token_id]  # an empty prompt: generate from the start of a text
+        return ids
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))

@@ -78,13 +78,21 @@ def from_event(event: ErrorEvent) -> APIError:
     return _EVENT_ERRORS[event.code](event.message, param=event.param, code=event.code)
 
 
+# Parts of a pydantic error location that name a union member's type, not a field.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "dict", "list", "tuple", "set", "none", "json"})
+
+
+def _is_type_tag(part: str) -> bool:
+    return part in _TYPE_TAGS or "[" in part or "(" in part  # e.g. list[str], function-after[...]
+
+
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
-    parts = [p for p in loc if p not in ("body", "query", "path")]
+    """('body', 'messages', 0, 'role') -> 'messages[0].role'."""
     text = ""
-    for part in parts:
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path") else loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif not str(part).startswith(("function-", "list[", "str", "int", "float", "bool", "literal")):
+        elif not _is_type_tag(str(part)):
             text += f".{part}" if text else str(part)
     return text or None
 

@@ -13,7 +13,7 @@ nullable schema without `type` (a bare `$ref`, a `oneOf`...) becomes `{"anyOf": 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ def _without_nullable(node: Any, names: bool = False) -> Any:
         return [_without_nullable(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: _without_nullable(value, names=not names and key in _SCHEMA_MAPS) for key, value in node.items()}
+    out = {
+        key: _without_nullable(value, names=not names and key in _SCHEMA_MAPS) for key, value in node.items()
+    }
     if names or "nullable" not in out:
         return out
     if out.pop("nullable") is not True:
@@ -56,7 +58,9 @@ def _without_nullable(node: Any, names: bool = False) -> Any:
 @lru_cache(maxsize=1)
 def _registry() -> Registry:
     document = _without_nullable(json.loads(OPENAI_SPEC.read_text()))
-    return Registry().with_resource(_DOC_URI, Resource.from_contents(document, default_specification=DRAFT202012))
+    return Registry().with_resource(
+        _DOC_URI, Resource.from_contents(document, default_specification=DRAFT202012)
+    )
 
 
 def schema_names() -> list[str]:
@@ -64,12 +68,14 @@ def schema_names() -> list[str]:
     return sorted(_registry().contents(_DOC_URI)["components"]["schemas"])
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator_for(schema_name: str) -> Draft202012Validator:
     """A validator for `#/components/schemas/<schema_name>`, with the whole document for its $refs."""
     if schema_name not in _registry().contents(_DOC_URI)["components"]["schemas"]:
         raise KeyError(f"{schema_name!r} is not a schema in {OPENAI_SPEC}")
-    return Draft202012Validator({"$ref": f"{_DOC_URI}#/components/schemas/{schema_name}"}, registry=_registry())
+    return Draft202012Validator(
+        {"$ref": f"{_DOC_URI}#/components/schemas/{schema_name}"}, registry=_registry()
+    )
 
 
 def errors_for(instance: Any, schema_name: str) -> list[str]:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from adapters import ContextLengthExceeded, ModelAdapter
+from adapters import ContextLengthExceeded, EmptyPrompt, ModelAdapter
 from adapters.stops import StopMatcher
 from workers.protocol import GenerateJob, SamplingParams, Usage
 
@@ -29,11 +29,14 @@ class Engine:
         self.adapter = adapter
 
     def prompt_ids(self, job: GenerateJob) -> list[int]:
-        """Tokenize the job's prompt; raise ContextLengthExceeded when no token would fit after it."""
+        """Tokenize the job's prompt; raise ContextLengthExceeded when no token would fit after it,
+        EmptyPrompt when there is nothing to generate from."""
         if job.messages is not None:
             ids = self.adapter.chat_prompt(job.messages)
         else:
             ids = self.adapter.text_prompt(job.prompt or "")
+        if not ids:
+            raise EmptyPrompt()
         if len(ids) >= self.adapter.context_length:
             raise ContextLengthExceeded(len(ids), self.adapter.context_length)
         return ids

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 
 import redis
@@ -38,8 +37,10 @@ class WorkerState:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def beat(self) -> None:
-        """Announce every model this worker serves, scored with the current time."""
-        now = time.time()
+        """Announce every model this worker serves, scored with Redis' clock (the gateway reads the
+        same clock, so hosts with skewed clocks still agree on who is alive)."""
+        seconds, micros = self.redis.time()
+        now = seconds + micros / 1e6
         pipe = self.redis.pipeline(transaction=False)
         for model in self.engines:
             pipe.zadd(live_workers_key(model), {self.worker_id: now})
@@ -89,19 +90,20 @@ def load_engines(settings: WorkerSettings, queues: list[str]) -> dict[str, Engin
     return engines
 
 
-@signals.worker_init.connect
-def _load_models(sender: object, **_: object) -> None:
-    app = getattr(sender, "app", None)
+@signals.celeryd_after_setup.connect
+def _load_models(sender: str, instance: object, **_: object) -> None:
+    """Runs once -Q is applied and logging is set up, before the consumer takes any task."""
+    app = getattr(instance, "app", None)
     if not isinstance(app, QueueChatCelery):
         return
-    queues = sorted(app.amqp.queues.consume_from or [])
+    queues = sorted(app.amqp.queues.consume_from or [])  # the -Q queues
     try:
         engines = load_engines(app.settings, queues)
     except (ModelLoadError, WorkerStartupError, ValueError, OSError) as exc:
         log.critical("worker cannot start: %s", exc)
         raise SystemExit(2) from exc
     client = redis.Redis.from_url(app.settings.redis_url)
-    app.state = WorkerState(sender.hostname, app.settings, client, engines)  # type: ignore[attr-defined]
+    app.state = WorkerState(sender, app.settings, client, engines)
 
 
 @signals.worker_ready.connect

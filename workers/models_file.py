@@ -65,14 +65,18 @@ def load_models_file(path: Path) -> ModelsFile:
         raise ModelsFileError(f"models file {path} is not valid: {exc}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict):
         raise ModelsFileError(f"models file {path} needs a top-level 'models:' mapping")
-    specs = {}
     for name, entry in raw["models"].items():
-        entry = dict(entry or {})
-        entry["name"] = name
-        if "path" in entry:
-            entry["path"] = (path.parent / Path(entry["path"]).expanduser()).resolve()
-        specs[name] = entry
+        if not isinstance(entry, dict):
+            raise ModelsFileError(f"models file {path}: model {name!r} must be a mapping (adapter, path, ...)")
     try:
-        return ModelsFile(models=specs)
+        parsed = ModelsFile.model_validate(
+            {**raw, "models": {name: {**entry, "name": name} for name, entry in raw["models"].items()}}
+        )
     except ValidationError as exc:
         raise ModelsFileError(f"models file {path}: {exc}") from exc
+    # Relative paths are relative to the models file, wherever the process runs.
+    resolved = {
+        name: spec.model_copy(update={"path": (path.parent / spec.path.expanduser()).resolve()})
+        for name, spec in parsed.models.items()
+    }
+    return ModelsFile(models=resolved)

@@ -10,7 +10,7 @@ from celery import shared_task
 from pydantic import ValidationError
 
 import workers.lifecycle  # noqa: F401  (connects the start-up and heartbeat signal handlers)
-from adapters import ContextLengthExceeded
+from adapters import AdapterError, ContextLengthExceeded
 from workers.engine import Cancelled, Finished
 from workers.lifecycle import WorkerState
 from workers.protocol import TASK_GENERATE, GenerateJob, cancel_key_for
@@ -34,6 +34,8 @@ def run_job(state: WorkerState, payload: dict[str, Any]) -> None:
         publisher.error("invalid_request", f"malformed job: {exc.errors()[0]['msg']}")
     except ContextLengthExceeded as exc:
         publisher.error("context_length_exceeded", str(exc), param="messages")
+    except AdapterError as exc:
+        publisher.error("invalid_request", str(exc), param="prompt")
     except Cancelled:
         log.info("request %s cancelled by its client", request_id)
         publisher.error("cancelled", "the client cancelled the request")

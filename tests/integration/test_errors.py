@@ -152,3 +152,14 @@ def test_worker_answers_a_job_for_a_model_it_does_not_hold_with_an_error_event(r
     assert (event.seq, event.code, event.param) == (0, "model_not_found", "model")
     run_job(state, {"request_id": "req-y", "model": 5})  # malformed: still no exception
     listener.close()
+
+
+def test_worker_for_a_queue_that_names_no_model_exits_with_a_clear_message(env, workdir) -> None:
+    worker = Worker(["no-such-model"], env, workdir)
+    try:
+        assert worker.popen.wait(timeout=60) == 2
+    finally:
+        worker.stop()
+    log = worker.log_tail()
+    assert "this worker consumes no model queue" in log and "tiny-a" in log
+    assert "Traceback" not in log

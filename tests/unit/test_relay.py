@@ -1,0 +1,305 @@
+"""Relay and EventStream over fakeredis: subscribe-then-send, ordered events, gaps, cancel, cleanup."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio.from_thread
+import fakeredis
+import pytest
+from fakeredis.aioredis import FakeRedis
+
+from gateway.errors import InternalError, ModelNotFound, ServiceUnavailable
+from gateway.registry import Registry
+from gateway.relay import EventStream, Relay
+from gateway.render import Envelope, Format, collect, sse_stream
+from tests.spec import assert_valid
+from tests.tiny_models import write_models_file
+from workers.models_file import load_models_file
+from workers.protocol import (
+    MODELS_SEEN_KEY,
+    TASK_GENERATE,
+    DoneEvent,
+    ErrorEvent,
+    GenerateJob,
+    StartEvent,
+    TokenEvent,
+    Usage,
+    cancel_key_for,
+    channel_for,
+    encode_event,
+    live_workers_key,
+)
+
+QUEUE_TIMEOUT = 30.0
+TTL = 6.0
+
+
+@dataclass
+class Sent:
+    name: str
+    args: list[Any]
+    options: dict[str, Any]
+    subscribers: int  # PUBSUB NUMSUB of the request's channel when the task was sent
+
+
+class RecordingCelery:
+    """Stands in for the Celery app: records send_task calls (made from a worker thread)."""
+
+    def __init__(self, redis: FakeRedis, fail: bool = False) -> None:
+        self.redis = redis
+        self.fail = fail
+        self.sent: list[Sent] = []
+
+    def send_task(self, name: str, args: list[Any], **options: Any) -> None:
+        [(_, subscribers)] = anyio.from_thread.run(self.redis.pubsub_numsub, channel_for(options["task_id"]))
+        self.sent.append(Sent(name, args, options, subscribers))
+        if self.fail:
+            raise RuntimeError("broker down")
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def redis(server: fakeredis.FakeServer) -> FakeRedis:
+    return FakeRedis(server=server)
+
+
+@pytest.fixture
+def registry(redis: FakeRedis, tmp_path: Path) -> Registry:
+    models = write_models_file(
+        tmp_path / "models.yaml", {"tiny": {"path": tmp_path}, "idle": {"path": tmp_path}}
+    )
+    return Registry(redis, load_models_file(models), TTL)
+
+
+@pytest.fixture
+def celery(redis: FakeRedis) -> RecordingCelery:
+    return RecordingCelery(redis)
+
+
+@pytest.fixture
+def relay(redis: FakeRedis, celery: RecordingCelery, registry: Registry) -> Relay:
+    return Relay(redis, celery, registry, queue_timeout=QUEUE_TIMEOUT, idle_timeout=10.0)
+
+
+async def heartbeat(redis: FakeRedis, model: str, worker: str, age: float = 0.0) -> None:
+    seconds, micros = await redis.time()
+    await redis.zadd(live_workers_key(model), {worker: seconds + micros / 1e6 - age})
+
+
+def make_job(model: str = "tiny") -> GenerateJob:
+    return GenerateJob(
+        request_id=f"cmpl-{time.time_ns()}", model=model, prompt="Hi", expires_at=time.time() + 60
+    )
+
+
+async def publish(redis: FakeRedis, job: GenerateJob, *events: Any) -> None:
+    for event in events:
+        await redis.publish(
+            channel_for(job.request_id), event if isinstance(event, bytes) else encode_event(event)
+        )
+
+
+async def subscribers(redis: FakeRedis, job: GenerateJob) -> int:
+    [(_, count)] = await redis.pubsub_numsub(channel_for(job.request_id))
+    return count
+
+
+async def drain(stream: EventStream) -> list[Any]:
+    return [event async for event in stream]
+
+
+START = StartEvent(seq=0, worker="w1", prompt_tokens=2)
+DONE = DoneEvent(seq=3, finish_reason="stop", usage=Usage(prompt_tokens=2, completion_tokens=2))
+HAPPY = [START, TokenEvent(seq=1, text="Hel"), TokenEvent(seq=2, text="lo"), DONE]
+
+
+@pytest.fixture
+async def live(redis: FakeRedis) -> None:
+    await heartbeat(redis, "tiny", "w1")
+
+
+async def test_submit_subscribes_before_sending(
+    relay: Relay, celery: RecordingCelery, redis: FakeRedis, live
+) -> None:
+    job = make_job()
+    async with await relay.submit(job):
+        [sent] = celery.sent
+        assert sent.subscribers == 1
+        assert sent.name == TASK_GENERATE
+        assert sent.options["queue"] == "tiny"
+        assert sent.options["task_id"] == job.request_id
+        assert sent.options["expires"] == datetime.fromtimestamp(job.expires_at, tz=UTC)
+        assert GenerateJob.model_validate(sent.args[0]) == job
+
+
+async def test_events_come_in_order_and_stop_after_done(relay: Relay, redis: FakeRedis, live) -> None:
+    job = make_job()
+    async with await relay.submit(job) as stream:
+        await publish(redis, job, *HAPPY, TokenEvent(seq=4, text="late"))
+        assert await drain(stream) == HAPPY
+        assert await drain(stream) == []
+
+
+async def test_seq_gap_is_an_internal_error(relay: Relay, redis: FakeRedis, live) -> None:
+    job = make_job()
+    async with await relay.submit(job) as stream:
+        await publish(redis, job, START, TokenEvent(seq=2, text="skipped one"))
+        assert await anext(stream) == START
+        with pytest.raises(InternalError) as info:
+            await anext(stream)
+        assert info.value.code == "event_gap"
+
+
+async def test_stream_not_starting_at_zero_is_a_gap(relay: Relay, redis: FakeRedis, live) -> None:
+    job = make_job()
+    async with await relay.submit(job) as stream:
+        await publish(redis, job, TokenEvent(seq=1, text="x"))
+        with pytest.raises(InternalError, match="expected event 0, got 1"):
+            await anext(stream)
+
+
+async def test_malformed_event_is_an_internal_error(relay: Relay, redis: FakeRedis, live) -> None:
+    job = make_job()
+    async with await relay.submit(job) as stream:
+        await publish(redis, job, b'{"type": "token", "seq": 0}')
+        with pytest.raises(InternalError) as info:
+            await anext(stream)
+        assert info.value.code == "bad_event"
+
+
+async def test_error_event_ends_the_stream(relay: Relay, redis: FakeRedis, live) -> None:
+    job = make_job()
+    error = ErrorEvent(seq=1, code="context_length_exceeded", message="too long", param="prompt")
+    async with await relay.submit(job) as stream:
+        await publish(redis, job, START, error, TokenEvent(seq=2, text="late"))
+        assert await drain(stream) == [START, error]
+    assert await redis.get(cancel_key_for(job.request_id)) is None  # finished: nothing to cancel
+
+
+async def test_closing_before_done_sets_the_cancel_key(relay: Relay, redis: FakeRedis, live) -> None:
+    job = make_job()
+    stream = await relay.submit(job)
+    await publish(redis, job, START, TokenEvent(seq=1, text="Hel"))
+    assert [await anext(stream), await anext(stream)] == HAPPY[:2]
+    assert await redis.get(cancel_key_for(job.request_id)) is None
+    await stream.aclose()
+    assert await redis.get(cancel_key_for(job.request_id)) is not None
+    assert 0 < await redis.ttl(cancel_key_for(job.request_id)) <= QUEUE_TIMEOUT + 60
+    assert await subscribers(redis, job) == 0
+
+
+async def test_closing_after_done_unsubscribes_without_cancelling(
+    relay: Relay, redis: FakeRedis, live
+) -> None:
+    job = make_job()
+    stream = await relay.submit(job)
+    assert await subscribers(redis, job) == 1
+    await publish(redis, job, *HAPPY)
+    await drain(stream)
+    await stream.aclose()
+    await stream.aclose()  # twice is harmless
+    assert await subscribers(redis, job) == 0
+    assert await redis.get(cancel_key_for(job.request_id)) is None
+
+
+async def test_unknown_model_is_not_found_and_nothing_is_sent(relay: Relay, celery: RecordingCelery) -> None:
+    with pytest.raises(ModelNotFound) as info:
+        await relay.submit(make_job("no-such-model"))
+    assert info.value.status == 404 and info.value.param == "model"
+    assert celery.sent == []
+
+
+async def test_known_model_without_heartbeat_is_unavailable(relay: Relay, celery: RecordingCelery) -> None:
+    with pytest.raises(ServiceUnavailable) as info:
+        await relay.submit(make_job("idle"))
+    assert info.value.status == 503 and info.value.code == "model_unavailable"
+    assert celery.sent == []
+
+
+async def test_stale_heartbeat_counts_as_no_worker(
+    relay: Relay, redis: FakeRedis, registry: Registry
+) -> None:
+    await heartbeat(redis, "tiny", "w-old", age=TTL + 5)
+    assert await registry.live_workers("tiny") == []
+    with pytest.raises(ServiceUnavailable):
+        await relay.submit(make_job("tiny"))
+    await heartbeat(redis, "tiny", "w-new", age=TTL - 2)
+    assert await registry.live_workers("tiny") == ["w-new"]
+    assert await registry.live_models() == ["tiny"]
+
+
+async def test_model_announced_by_a_worker_is_known(
+    relay: Relay, redis: FakeRedis, registry: Registry
+) -> None:
+    await redis.sadd(MODELS_SEEN_KEY, "extra")
+    assert await registry.known_models() == ["extra", "idle", "tiny"]
+    with pytest.raises(ServiceUnavailable):
+        await relay.submit(make_job("extra"))
+
+
+async def test_failed_send_leaves_no_subscription(redis: FakeRedis, registry: Registry, live) -> None:
+    relay = Relay(redis, RecordingCelery(redis, fail=True), registry, QUEUE_TIMEOUT, 10.0)
+    job = make_job()
+    with pytest.raises(RuntimeError, match="broker down"):
+        await relay.submit(job)
+    assert await subscribers(redis, job) == 0
+    assert await redis.get(cancel_key_for(job.request_id)) is not None
+
+
+async def test_unreachable_redis_is_queue_unavailable(
+    relay: Relay, server: fakeredis.FakeServer, live
+) -> None:
+    server.connected = False
+    with pytest.raises(ServiceUnavailable) as info:
+        await relay.submit(make_job())
+    assert info.value.code == "queue_unavailable"
+
+
+async def test_worker_that_stops_heartbeating_mid_request_is_lost(
+    relay: Relay, redis: FakeRedis, live
+) -> None:
+    job = make_job()
+    async with await relay.submit(job) as stream:
+        await publish(redis, job, START)
+        assert await anext(stream) == START
+        await heartbeat(redis, "tiny", "w1", age=TTL + 5)
+        with pytest.raises(ServiceUnavailable) as info:
+            await anext(stream)  # one poll interval, then the heartbeat check
+        assert info.value.code == "worker_lost"
+
+
+async def test_collect_builds_a_valid_whole_body(relay: Relay, redis: FakeRedis, live) -> None:
+    job = make_job()
+    stream = await relay.submit(job)
+    await publish(redis, job, *HAPPY)
+    body = await collect(stream, Envelope(id=job.request_id, model="tiny", fmt=Format.TEXT))
+    assert_valid(body, "CreateCompletionResponse")
+    assert body["choices"][0]["text"] == "Hello"
+    assert body["usage"]["total_tokens"] == 4
+    assert await subscribers(redis, job) == 0
+
+
+async def test_sse_stream_ends_with_usage_and_done(relay: Relay, redis: FakeRedis, live) -> None:
+    job = make_job()
+    stream = await relay.submit(job)
+    await publish(redis, job, *HAPPY)
+    payloads = [
+        p async for p in sse_stream(stream, Envelope(id=job.request_id, model="tiny", fmt=Format.CHAT), True)
+    ]
+    assert payloads[-1] == "[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    for chunk in chunks:
+        assert_valid(chunk, "CreateChatCompletionStreamResponse")
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hello"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"

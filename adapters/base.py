@@ -75,6 +75,10 @@ class ModelAdapter(ABC):
     def stream(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int) -> Iterator[Step]:
         """Generate at most `max_new_tokens` tokens.  Closing the iterator stops generation."""
 
+    def default_sampling(self) -> dict[str, float]:
+        """The model's own recommended temperature / top_p, if it ships any."""
+        return {}
+
     @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` as this model counts them."""

@@ -100,11 +100,18 @@ class HfCausalAdapter(ModelAdapter):
             ids = [self.tokenizer.bos_token_id]  # an empty prompt: generate from the start of a text
         return ids
 
+    def default_sampling(self) -> dict[str, float]:
+        config = self.model.generation_config
+        if not getattr(config, "do_sample", False):
+            return {}  # transformers' class defaults (temperature 1.0 ...) are no recommendation
+        return {k: v for k in ("temperature", "top_p") if isinstance(v := getattr(config, k, None), (int, float))}
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     @torch.inference_mode()
     def stream(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int) -> Iterator[Step]:
+        params = params.resolved()  # the engine passes resolved params; direct callers may not
         generator = make_generator(params, self.device)
         detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_ids)
         inputs = torch.tensor([prompt_ids], device=self.device)

@@ -87,10 +87,9 @@ class _GenerationRequest(BaseModel):
         return data
 
     def sampling_params(self, max_tokens: int | None) -> SamplingParams:
-        temperature = 1.0 if self.temperature is None else self.temperature
-        top_p = 1.0 if self.top_p is None else self.top_p
+        temperature, top_p = self.temperature, self.top_p  # None: the model's default
         if top_p == 0.0:  # only the most likely token survives: that is greedy decoding
-            temperature, top_p = 0.0, 1.0
+            temperature, top_p = 0.0, None
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop), seed=self.seed)
 

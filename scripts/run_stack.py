@@ -100,7 +100,8 @@ def main() -> int:
 
     env = dict(os.environ, QUEUECHAT_REDIS_URL=settings.redis_url, PYTHONUNBUFFERED="1")
     stack = Stack()
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background shell ignores it
+        signal.signal(signum, _interrupt)
     try:
         if not redis_answers(settings.redis_url):
             start_redis(stack, settings.redis_url, env)

@@ -27,6 +27,8 @@ class Cancelled(Exception):
 class Engine:
     def __init__(self, adapter: ModelAdapter) -> None:
         self.adapter = adapter
+        # Defaults for a request's unset temperature / top_p: the models file, then the model.
+        self._defaults = {**adapter.default_sampling(), **adapter.spec.defaults.model_dump(exclude_none=True)}
 
     def prompt_ids(self, job: GenerateJob) -> list[int]:
         """Tokenize the job's prompt; raise ContextLengthExceeded when no token would fit after it,
@@ -48,6 +50,7 @@ class Engine:
         cancelled: Callable[[], bool] = lambda: False,
     ) -> Iterator[str | Finished]:
         """Yield text deltas, then one `Finished`.  Raises `Cancelled` if `cancelled()` turns true."""
+        params = params.resolved(**self._defaults)
         room = self.adapter.context_length - len(prompt_ids)
         limit = min(params.max_tokens or room, room)
         stops = StopMatcher(params.stop)

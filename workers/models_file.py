@@ -24,6 +24,15 @@ class ModelsFileError(ValueError):
     pass
 
 
+class SamplingDefaults(BaseModel):
+    """Used when a request leaves them out (e.g. the values a model card recommends)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+
+
 class ModelSpec(BaseModel):
     """One servable model; its `name` is also the name of its Celery queue."""
 
@@ -36,6 +45,7 @@ class ModelSpec(BaseModel):
     device: str = "auto"
     max_context: int | None = Field(None, ge=16, description="cap on prompt + completion tokens")
     trust_remote_code: bool = False
+    defaults: SamplingDefaults = SamplingDefaults()
     owned_by: str = "queuechat"
 
 

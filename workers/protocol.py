@@ -39,11 +39,19 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class SamplingParams(_Frozen):
-    """How to pick tokens.  Ranges follow OpenAI's API."""
+OPENAI_TEMPERATURE = 1.0  # what OpenAI uses when a request says nothing
+OPENAI_TOP_P = 1.0
 
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+class SamplingParams(_Frozen):
+    """How to pick tokens.  Ranges follow OpenAI's API.
+
+    `temperature` / `top_p` left as None mean "the model's default" (models file, then the
+    model's generation_config, then OpenAI's 1.0): the worker fills them in with `resolved()`.
+    """
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     stop: tuple[str, ...] = ()
     seed: int | None = None
@@ -51,6 +59,19 @@ class SamplingParams(_Frozen):
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def resolved(self, temperature: float | None = None, top_p: float | None = None) -> SamplingParams:
+        """A copy whose unset temperature / top_p take the given defaults, else OpenAI's."""
+        return self.model_copy(
+            update={
+                "temperature": _first_set(self.temperature, temperature, OPENAI_TEMPERATURE),
+                "top_p": _first_set(self.top_p, top_p, OPENAI_TOP_P),
+            }
+        )
+
+
+def _first_set(*values: float | None) -> float:
+    return next(v for v in values if v is not None)
 
 
 class ChatMessage(_Frozen):

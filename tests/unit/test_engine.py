@@ -240,3 +240,17 @@ def test_eos_ends_generation_with_stop(adapter: HfCausalAdapter, tmp_path: Path)
     assert finished.finish_reason == "stop"
     assert text == _decode(adapter, ref[:cut])
     assert finished.usage.completion_tokens == cut + 1  # the EOS token counts, as in transformers' output
+
+
+def test_models_file_defaults_apply_only_where_the_request_is_silent(tiny_model_dir: Path, tmp_path: Path,
+                                                                      engine: Engine) -> None:  # fmt: skip
+    spec = ModelSpec(name="tiny", path=tiny_model_dir, device="cpu", defaults={"temperature": 0.0})
+    greedy_by_default = HfCausalAdapter(spec, tmp_path)
+    greedy_by_default.load()
+    defaulted = Engine(greedy_by_default)
+    ids = defaulted.prompt_ids(_job(prompt=PROMPT))
+    expected, _ = _run(engine, ids, SamplingParams(temperature=0.0, max_tokens=12))
+    unseeded = [_run(defaulted, ids, SamplingParams(max_tokens=12))[0] for _ in range(3)]
+    assert unseeded == [expected] * 3, "no temperature in the request: the models file's 0 applies"
+    sampled = {_run(defaulted, ids, SamplingParams(temperature=1.5, max_tokens=12, seed=s))[0] for s in range(6)}
+    assert len(sampled) > 1, "the request's own temperature wins over the default"

@@ -59,15 +59,16 @@ def test_each_job_gets_a_new_request_id() -> None:
     assert request.to_job(1.0).request_id != request.to_job(1.0).request_id
 
 
-def test_defaults_are_openais() -> None:
+def test_unset_temperature_and_top_p_are_left_for_the_models_defaults() -> None:
     params = chat().to_job(1.0).params
     assert (params.temperature, params.top_p, params.max_tokens, params.stop, params.seed) == (
-        1.0,
-        1.0,
+        None,
+        None,
         None,
         (),
         None,
     )
+    assert (params.resolved().temperature, params.resolved().top_p) == (1.0, 1.0)  # OpenAI's, at the end
     assert not chat().stream
 
 
@@ -99,7 +100,7 @@ def test_more_than_four_stop_sequences_are_refused() -> None:
 def test_top_p_zero_means_greedy() -> None:
     params = chat(top_p=0, temperature=1.5).to_job(1.0).params
     assert params.greedy
-    assert params.top_p == 1.0
+    assert params.top_p is None
 
 
 def test_temperature_zero_means_greedy() -> None:

@@ -138,11 +138,11 @@ def test_job_is_expired_only_after_its_deadline() -> None:
     assert _job(prompt="x", expires_at=time.time() - 1).expired
 
 
-def test_default_sampling_params() -> None:
+def test_default_sampling_params_leave_temperature_and_top_p_to_the_model() -> None:
     params = SamplingParams()
     assert (params.temperature, params.top_p, params.max_tokens, params.stop, params.seed) == (
-        1.0,
-        1.0,
+        None,
+        None,
         None,
         (),
         None,
@@ -216,3 +216,12 @@ def test_keys_are_stable_and_namespaced() -> None:
 def test_live_workers_key_is_distinct_per_model_and_from_request_keys() -> None:
     assert live_workers_key("a") != live_workers_key("b")
     assert live_workers_key("a") not in {channel_for("a"), cancel_key_for("a"), MODELS_SEEN_KEY}
+
+
+def test_resolved_fills_only_unset_sampling_fields_request_first() -> None:
+    unset = SamplingParams(max_tokens=3)
+    assert (unset.resolved(temperature=0.2, top_p=0.9).temperature, unset.resolved(0.2, 0.9).top_p) == (0.2, 0.9)
+    assert (unset.resolved().temperature, unset.resolved().top_p) == (1.0, 1.0)
+    chosen = SamplingParams(temperature=0.0, top_p=0.5)
+    assert chosen.resolved(temperature=0.7, top_p=0.9) == chosen
+    assert unset.resolved(temperature=0.0).greedy and not unset.resolved().greedy

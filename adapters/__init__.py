@@ -5,7 +5,14 @@ Imported only by workers.  The models file names an adapter by its key in `ADAPT
 
 from __future__ import annotations
 
-from adapters.base import AdapterError, ContextLengthExceeded, EmptyPrompt, ModelAdapter, ModelLoadError, Step
+from adapters.base import (
+    AdapterError,
+    ContextLengthExceeded,
+    DecodeBatch,
+    EmptyPrompt,
+    ModelAdapter,
+    ModelLoadError,
+)
 
 
 def adapter_class(name: str) -> type[ModelAdapter]:
@@ -23,9 +30,9 @@ __all__ = [
     "ADAPTER_NAMES",
     "AdapterError",
     "ContextLengthExceeded",
+    "DecodeBatch",
     "EmptyPrompt",
     "ModelAdapter",
     "ModelLoadError",
-    "Step",
     "adapter_class",
 ]

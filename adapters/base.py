@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from workers.models_file import ModelSpec
-from workers.protocol import ChatMessage, SamplingParams
+from workers.protocol import ChatMessage
+
+if TYPE_CHECKING:
+    import torch
 
 
 class AdapterError(Exception):
@@ -35,14 +37,34 @@ class ModelLoadError(Exception):
     """The model named in the models file could not be loaded."""
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One step of generation: the text it added (may be empty while a character is incomplete),
-    how many tokens it consumed, and `finish="stop"` when the model ended the sequence itself."""
+class DecodeBatch(ABC):
+    """The rows one engine is decoding together: rows join (prefilled), step, and leave.
 
-    text: str
-    tokens: int = 1
-    finish: Literal["stop"] | None = None
+    Rows are numbered in the order they joined; `remove` keeps the others in order."""
+
+    #: most rows this batch can hold at once (1 for models whose cache cannot be merged)
+    max_rows: int = 1 << 30
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def add(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Prefill new rows; returns their next-token logits, shape [len(prompts), vocab]."""
+
+    @abstractmethod
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        """Feed one token per row (in row order); returns next-token logits, shape [rows, vocab]."""
+
+    @abstractmethod
+    def remove(self, rows: list[int]) -> None:
+        """Drop the given rows (finished or cancelled)."""
+
+
+class Detokenizer(Protocol):
+    def push(self, token_id: int) -> str: ...
+
+    def flush(self) -> str: ...
 
 
 class ModelAdapter(ABC):
@@ -71,9 +93,18 @@ class ModelAdapter(ABC):
     def text_prompt(self, prompt: str) -> list[int]:
         """Token ids of a raw completion prompt."""
 
+    @property
     @abstractmethod
-    def stream(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int) -> Iterator[Step]:
-        """Generate at most `max_new_tokens` tokens.  Closing the iterator stops generation."""
+    def eos_ids(self) -> frozenset[int]:
+        """Tokens that end a sequence."""
+
+    @abstractmethod
+    def new_batch(self) -> DecodeBatch:
+        """An empty batch to decode many sequences together."""
+
+    @abstractmethod
+    def detokenizer(self, prompt_ids: list[int]) -> Detokenizer:
+        """Turns one sequence's generated ids into text deltas."""
 
     def default_sampling(self) -> dict[str, float]:
         """The model's own recommended temperature / top_p, if it ships any."""

@@ -1,21 +1,21 @@
 """Generic Hugging Face causal LM: a safetensors folder or a GGUF file, prompted with the
-tokenizer's own chat template, decoded token by token over the model's KV cache."""
+tokenizer's own chat template, decoded in batches over the model's KV cache (adapters/hf_batch.py)."""
 
 from __future__ import annotations
 
 import inspect
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from adapters.base import ModelAdapter, ModelLoadError, Step
+from adapters.base import ModelAdapter, ModelLoadError
 from adapters.detokenize import IncrementalDetokenizer
 from adapters.gguf_cache import convert_gguf
-from adapters.sampling import make_generator, next_token
-from workers.protocol import ChatMessage, SamplingParams
+from adapters.hf_batch import HfDecodeBatch
+from workers.protocol import ChatMessage
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,24 @@ class HfCausalAdapter(ModelAdapter):
         # transformers 5.x renamed `past_key_values` to `cache`; support both.
         forward_params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
+        self._mergeable_cache = self._cache_is_plain_dynamic()
         self._context_length = self._find_context_length()
         log.info(
             "loaded %s (%s, %s on %s, context %d) in %.1f s",
             self.spec.name, self.model.config.model_type, dtype, self.device,
             self._context_length, time.monotonic() - started,
         )  # fmt: skip
+
+    def _cache_is_plain_dynamic(self) -> bool:
+        """Rows can join a running batch only when every layer keeps a plain, growing KV cache
+        (sliding-window or recurrent layers would need their own merge rules)."""
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        try:
+            cache = DynamicCache(config=self.model.config)
+        except TypeError:  # older transformers: layers are created lazily
+            return True
+        return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", []))
 
     def _find_eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -109,28 +121,17 @@ class HfCausalAdapter(ModelAdapter):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    @torch.inference_mode()
-    def stream(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int) -> Iterator[Step]:
-        params = params.resolved()  # the engine passes resolved params; direct callers may not
-        generator = make_generator(params, self.device)
-        detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_ids)
-        inputs = torch.tensor([prompt_ids], device=self.device)
-        out = self.model(input_ids=inputs, use_cache=True)
-        cache = _returned_cache(out)
-        for produced in range(1, max_new_tokens + 1):
-            token = next_token(out.logits[0, -1], params, generator)
-            if token in self._eos_ids:
-                yield Step(detokenizer.flush(), finish="stop")
-                return
-            yield Step(detokenizer.push(token))
-            if produced < max_new_tokens:
-                step_input = torch.tensor([[token]], device=self.device)
-                out = self.model(input_ids=step_input, use_cache=True, **{self._cache_kwarg: cache})
-        tail = detokenizer.flush()
-        if tail:
-            yield Step(tail, tokens=0)
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        return self._eos_ids
 
+    def detokenizer(self, prompt_ids: list[int]) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self.tokenizer, prompt_ids)
 
-def _returned_cache(out: object) -> object:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
+    def new_batch(self) -> HfDecodeBatch:
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else min(self._eos_ids, default=0)
+        batch = HfDecodeBatch(self.model, self.device, self._cache_kwarg, pad)
+        if not self._mergeable_cache:
+            batch.max_rows = 1
+        return batch

@@ -31,7 +31,7 @@ def make_celery(settings: WorkerSettings | None = None) -> QueueChatCelery:
         # Threads, not prefork: models are loaded once in the worker's main process (CUDA does
         # not survive fork), and the consumer keeps heartbeating while a task generates.
         worker_pool="threads",
-        worker_concurrency=1,
+        worker_concurrency=1,  # raised to the models' batch slots at start-up (workers/lifecycle.py)
         # A restored unacknowledged task (worker killed) comes back only after this; by then
         # its expiry has passed and it is dropped rather than generated twice.
         broker_transport_options={"visibility_timeout": max(3600, int(settings.task_expiry * 2))},

@@ -1,22 +1,47 @@
-"""One Engine per loaded model: prompt -> checked token ids -> text deltas with stops and usage.
+"""One Engine per loaded model: continuous batching over the adapter's `DecodeBatch`.
 
-Chat and completions share this path; only the prompt building differs.  No Celery here.
+Requests join the running batch at the next step boundary (prefilled together with any other
+newcomers) and leave it as soon as they finish or are cancelled, each with its own sampling
+parameters, random generator, stop sequences and token limit.  Chat and completions share this
+path; only the prompt building differs.  No Celery here: results go to each request's `Sink`.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
 
 from adapters import ContextLengthExceeded, EmptyPrompt, ModelAdapter
+from adapters.base import Detokenizer
+from adapters.sampling import make_generator, next_token
 from adapters.stops import StopMatcher
-from workers.protocol import GenerateJob, SamplingParams, Usage
+from workers.protocol import ErrorCode, GenerateJob, SamplingParams, Usage
+
+log = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length"]
+
+
+class Sink(Protocol):
+    """Where one request's results go (an EventPublisher in the worker)."""
+
+    def token(self, text: str) -> None: ...
+
+    def done(self, finish_reason: FinishReason, usage: Usage) -> None: ...
+
+    def error(self, code: ErrorCode, message: str, param: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
     usage: Usage
 
 
@@ -24,11 +49,39 @@ class Cancelled(Exception):
     """The client went away; generation stopped early."""
 
 
+@dataclass(eq=False)
+class Sequence:
+    """One request inside the engine."""
+
+    prompt_ids: list[int]
+    params: SamplingParams  # resolved: temperature and top_p are set
+    limit: int  # most tokens it may generate
+    sink: Sink
+    detokenizer: Detokenizer
+    stops: StopMatcher
+    generator: torch.Generator | None
+    produced: int = 0
+    last_token: int = -1
+    cancelled: bool = False
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
 class Engine:
-    def __init__(self, adapter: ModelAdapter) -> None:
+    def __init__(self, adapter: ModelAdapter, slots: int = 1, on_step_end: Callable[[], None] = lambda: None):
         self.adapter = adapter
+        self._batch = adapter.new_batch()
+        self.slots = max(1, min(slots, self._batch.max_rows))
+        self._on_step_end = on_step_end
         # Defaults for a request's unset temperature / top_p: the models file, then the model.
         self._defaults = {**adapter.default_sampling(), **adapter.spec.defaults.model_dump(exclude_none=True)}
+        self._rows: list[Sequence] = []  # in batch row order
+        self._waiting: deque[Sequence] = deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{adapter.spec.name}", daemon=True)
+        self._thread.start()
+
+    # ---- called from request threads -------------------------------------------------------
 
     def prompt_ids(self, job: GenerateJob) -> list[int]:
         """Tokenize the job's prompt; raise ContextLengthExceeded when no token would fit after it,
@@ -43,34 +96,144 @@ class Engine:
             raise ContextLengthExceeded(len(ids), self.adapter.context_length)
         return ids
 
-    def generate(
-        self,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        cancelled: Callable[[], bool] = lambda: False,
-    ) -> Iterator[str | Finished]:
-        """Yield text deltas, then one `Finished`.  Raises `Cancelled` if `cancelled()` turns true."""
+    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink) -> Sequence:
+        """Queue a sequence for the next step boundary; its results go to `sink`."""
         params = params.resolved(**self._defaults)
         room = self.adapter.context_length - len(prompt_ids)
-        limit = min(params.max_tokens or room, room)
-        stops = StopMatcher(params.stop)
-        produced = 0
-        finish: Literal["stop", "length"] = "length"
-        steps = self.adapter.stream(prompt_ids, params, limit)
-        try:
-            for step in steps:
-                produced += step.tokens
-                text = stops.push(step.text)
-                if text:
-                    yield text
-                if stops.stopped or step.finish:
-                    finish = "stop"
-                    break
+        seq = Sequence(
+            prompt_ids=prompt_ids,
+            params=params,
+            limit=min(params.max_tokens or room, room),
+            sink=sink,
+            detokenizer=self.adapter.detokenizer(prompt_ids),
+            stops=StopMatcher(params.stop),
+            generator=make_generator(params, torch.device("cpu")),
+        )
+        with self._wake:
+            if self._closing:
+                raise RuntimeError("the engine is shut down")
+            self._waiting.append(seq)
+            self._wake.notify()
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop `seq` at the next step; its sink gets a 'cancelled' error."""
+        seq.cancelled = True
+        with self._wake:
+            self._wake.notify()
+
+    def generate(
+        self, prompt_ids: list[int], params: SamplingParams, cancelled: Callable[[], bool] = lambda: False
+    ) -> Iterator[str | Finished]:
+        """Synchronous convenience: text deltas, then one `Finished`; raises `Cancelled`."""
+        sink = _QueueSink()
+        seq = self.submit(prompt_ids, params, sink)
+        while True:
+            try:
+                item = sink.items.get(timeout=0.05)
+            except queue.Empty:
                 if cancelled():
-                    raise Cancelled()
-        finally:
-            steps.close()
-        tail = stops.flush()
-        if tail:
-            yield tail
-        yield Finished(finish, Usage(prompt_tokens=len(prompt_ids), completion_tokens=produced))
+                    self.cancel(seq)
+                continue
+            if isinstance(item, Exception):
+                raise item
+            yield item
+            if isinstance(item, Finished):
+                return
+            if cancelled():
+                self.cancel(seq)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    # ---- the decode loop (engine thread) ---------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._rows and not self._waiting and not self._closing:
+                    self._wake.wait()
+                if self._closing:
+                    break
+                room = self.slots - len(self._rows)
+                joiners = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+            try:
+                self._step(joiners)
+            except Exception:  # a broken step must not kill the worker: fail its requests, start afresh
+                log.exception("decode step failed; failing %d requests", len(self._rows) + len(joiners))
+                for seq in {*self._rows, *joiners}:
+                    if not seq.finished.is_set():
+                        self._fail(seq, "internal_error", "the model failed while generating; see the worker log")
+                self._rows = []
+                self._batch = self.adapter.new_batch()
+            finally:
+                self._on_step_end()
+        for seq in [*self._rows, *self._waiting]:
+            self._fail(seq, "internal_error", "the worker is shutting down")
+        self._on_step_end()
+
+    @torch.inference_mode()
+    def _step(self, joiners: list[Sequence]) -> None:
+        """Prefill the newcomers if there are any (the others wait one step), else decode one token for all."""
+        if joiners:
+            logits, offset = self._batch.add([s.prompt_ids for s in joiners]), len(self._rows)
+            self._rows.extend(joiners)
+            stepping = joiners
+        else:
+            logits, offset = self._batch.step([s.last_token for s in self._rows]), 0
+            stepping = self._rows
+        greedy = logits.argmax(dim=-1).tolist()
+        done = []
+        for i, seq in enumerate(stepping):
+            if seq.cancelled:
+                self._fail(seq, "cancelled", "the client cancelled the request")
+            else:
+                token = greedy[i] if seq.params.greedy else next_token(logits[i], seq.params, seq.generator)
+                if not self._accept(seq, token):
+                    continue
+            done.append(offset + i)
+        if done:
+            self._batch.remove(done)
+            gone = set(done)
+            self._rows = [s for i, s in enumerate(self._rows) if i not in gone]
+
+    def _accept(self, seq: Sequence, token: int) -> bool:
+        """Take one generated token; emit its text; return True when the sequence is finished."""
+        seq.produced += 1
+        seq.last_token = token
+        eos = token in self.adapter.eos_ids
+        text = seq.stops.push(seq.detokenizer.flush() if eos else seq.detokenizer.push(token))
+        finish: FinishReason | None = "stop" if eos or seq.stops.stopped else None
+        if finish is None and seq.produced >= seq.limit:
+            text += seq.stops.push(seq.detokenizer.flush())
+            finish = "stop" if seq.stops.stopped else "length"
+        if finish is not None and not seq.stops.stopped:
+            text += seq.stops.flush()
+        if text:
+            seq.sink.token(text)
+        if finish is not None:
+            seq.sink.done(finish, Usage(prompt_tokens=len(seq.prompt_ids), completion_tokens=seq.produced))
+            seq.finished.set()
+        return finish is not None
+
+    @staticmethod
+    def _fail(seq: Sequence, code: ErrorCode, message: str) -> None:
+        seq.sink.error(code, message)
+        seq.finished.set()
+
+
+class _QueueSink:
+    def __init__(self) -> None:
+        self.items: queue.Queue[str | Finished | Exception] = queue.Queue()
+
+    def token(self, text: str) -> None:
+        self.items.put(text)
+
+    def done(self, finish_reason: FinishReason, usage: Usage) -> None:
+        self.items.put(Finished(finish_reason, usage))
+
+    def error(self, code: ErrorCode, message: str, param: str | None = None) -> None:
+        self.items.put(Cancelled() if code == "cancelled" else RuntimeError(f"{code}: {message}"))

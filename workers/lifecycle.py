@@ -6,6 +6,7 @@ Connected to Celery's signals when the worker imports `workers.tasks`.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from workers.celery_app import QueueChatCelery
 from workers.engine import Engine
 from workers.models_file import load_models_file
 from workers.protocol import MODELS_SEEN_KEY, live_workers_key
+from workers.publisher import Outbox
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ class WorkerState:
     settings: WorkerSettings
     redis: redis.Redis
     engines: dict[str, Engine]
+    outbox: Outbox
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def beat(self) -> None:
@@ -69,7 +72,7 @@ class WorkerState:
             log.warning("could not withdraw from the registry: %s", exc)
 
 
-def load_engines(settings: WorkerSettings, queues: list[str]) -> dict[str, Engine]:
+def load_engines(settings: WorkerSettings, queues: list[str], outbox: Outbox) -> dict[str, Engine]:
     models = load_models_file(settings.models_file)
     served = [q for q in queues if models.get(q)]
     for queue in queues:
@@ -86,8 +89,32 @@ def load_engines(settings: WorkerSettings, queues: list[str]) -> dict[str, Engin
         log.info("loading model %s (adapter %s) from %s", name, spec.adapter, spec.path)
         adapter = adapter_class(spec.adapter)(spec, settings.cache_dir)
         adapter.load()
-        engines[name] = Engine(adapter)
+        engines[name] = Engine(adapter, slots=spec.slots, on_step_end=outbox.flush)
+        log.info("model %s decodes up to %d requests together", name, engines[name].slots)
     return engines
+
+
+def _concurrency_on_command_line(argv: list[str]) -> bool:
+    return any(a in ("-c", "--concurrency") or a.startswith(("--concurrency=", "-c")) for a in argv[1:])
+
+
+@signals.worker_init.connect
+def _size_the_pool(sender: object, **_: object) -> None:
+    """One pool thread per batch slot of the served models (unless -c says otherwise): with
+    prefetch 1 and late acks, the worker then holds exactly as many tasks as it can decode, and
+    the rest of the backlog waits, visible, in Redis.  Runs after -Q is applied, before the pool
+    is created."""
+    app = getattr(sender, "app", None)
+    if not isinstance(app, QueueChatCelery) or _concurrency_on_command_line(sys.argv):
+        return
+    try:
+        models = load_models_file(app.settings.models_file)
+    except ValueError:
+        return  # reported with more context once the worker loads its models
+    queues = app.amqp.queues.consume_from or []
+    slots = sum(spec.slots for name in queues if (spec := models.get(name)))
+    if slots:
+        sender.concurrency = slots  # type: ignore[attr-defined]
 
 
 @signals.celeryd_after_setup.connect
@@ -97,13 +124,14 @@ def _load_models(sender: str, instance: object, **_: object) -> None:
     if not isinstance(app, QueueChatCelery):
         return
     queues = sorted(app.amqp.queues.consume_from or [])  # the -Q queues
+    client = redis.Redis.from_url(app.settings.redis_url)
+    outbox = Outbox(client)
     try:
-        engines = load_engines(app.settings, queues)
+        engines = load_engines(app.settings, queues, outbox)
     except (ModelLoadError, WorkerStartupError, ValueError, OSError) as exc:
         log.critical("worker cannot start: %s", exc)
         raise SystemExit(2) from exc
-    client = redis.Redis.from_url(app.settings.redis_url)
-    app.state = WorkerState(sender, app.settings, client, engines)
+    app.state = WorkerState(sender, app.settings, client, engines, outbox)
 
 
 @signals.worker_ready.connect

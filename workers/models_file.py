@@ -44,6 +44,7 @@ class ModelSpec(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = "auto"
     max_context: int | None = Field(None, ge=16, description="cap on prompt + completion tokens")
+    slots: int = Field(8, ge=1, le=1024, description="requests decoded together (continuous batching)")
     trust_remote_code: bool = False
     defaults: SamplingDefaults = SamplingDefaults()
     owned_by: str = "queuechat"

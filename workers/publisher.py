@@ -1,7 +1,13 @@
-"""Publishes one request's events, numbered from 0, on its pub/sub channel."""
+"""Publishes one request's events, numbered from 0, on its pub/sub channel.
+
+Events are published at once, or, once a request is in the engine, collected in an `Outbox`
+and sent with every other request's events of the same decode step in one round trip.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Literal
 
 import redis
@@ -18,18 +24,55 @@ from workers.protocol import (
     encode_event,
 )
 
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """PUBLISH commands gathered during one decode step, sent together by `flush()`."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, bytes]] = []
+
+    def put(self, channel: str, data: bytes) -> None:
+        with self._lock:
+            self._pending.append((channel, data))
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for channel, data in pending:
+            pipe.publish(channel, data)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:  # the gateway notices the silence and reports it
+            log.warning("could not publish %d events: %s", len(pending), exc)
+
 
 class EventPublisher:
     def __init__(self, client: redis.Redis, request_id: str) -> None:
         self._client = client
         self._channel = channel_for(request_id)
+        self._outbox: Outbox | None = None
         self._seq = 0
         self.finished = False
+
+    def buffered(self, outbox: Outbox) -> EventPublisher:
+        """From now on, send through `outbox` (in order: nothing else publishes for this request)."""
+        self._outbox = outbox
+        return self
 
     def _publish(self, make: type[Event], **fields: object) -> None:
         event = make(seq=self._seq, **fields)
         self._seq += 1
-        self._client.publish(self._channel, encode_event(event))
+        if self._outbox is not None:
+            self._outbox.put(self._channel, encode_event(event))
+        else:
+            self._client.publish(self._channel, encode_event(event))
 
     def start(self, worker: str, prompt_tokens: int) -> None:
         self._publish(StartEvent, worker=worker, prompt_tokens=prompt_tokens)

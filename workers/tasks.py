@@ -11,12 +11,13 @@ from pydantic import ValidationError
 
 import workers.lifecycle  # noqa: F401  (connects the start-up and heartbeat signal handlers)
 from adapters import AdapterError, ContextLengthExceeded
-from workers.engine import Cancelled, Finished
 from workers.lifecycle import WorkerState
 from workers.protocol import TASK_GENERATE, GenerateJob, cancel_key_for
 from workers.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
+
+CANCEL_POLL_SECONDS = 0.1  # how often a request's thread checks whether its client left
 
 
 @shared_task(name=TASK_GENERATE, bind=True)
@@ -36,9 +37,6 @@ def run_job(state: WorkerState, payload: dict[str, Any]) -> None:
         publisher.error("context_length_exceeded", str(exc), param="messages")
     except AdapterError as exc:
         publisher.error("invalid_request", str(exc), param="prompt")
-    except Cancelled:
-        log.info("request %s cancelled by its client", request_id)
-        publisher.error("cancelled", "the client cancelled the request")
     except redis.RedisError:
         log.exception("lost Redis while serving %s", request_id)
     except Exception:
@@ -59,8 +57,10 @@ def _generate(state: WorkerState, job: GenerateJob, publisher: EventPublisher) -
         return
     prompt_ids = engine.prompt_ids(job)
     publisher.start(worker=state.worker_id, prompt_tokens=len(prompt_ids))
-    for item in engine.generate(prompt_ids, job.params, cancelled=lambda: bool(state.redis.exists(cancel_key))):
-        if isinstance(item, Finished):
-            publisher.done(item.finish_reason, item.usage)
-        else:
-            publisher.token(item)
+    # From here on the engine publishes this request's events (batched per decode step); this
+    # thread only watches for the client leaving.
+    seq = engine.submit(prompt_ids, job.params, publisher.buffered(state.outbox))
+    while not seq.finished.wait(CANCEL_POLL_SECONDS):
+        if state.redis.exists(cancel_key):
+            log.info("request %s cancelled by its client", job.request_id)
+            engine.cancel(seq)

@@ -136,11 +136,13 @@ def test_worker_answers_a_job_for_a_model_it_does_not_hold_with_an_error_event(r
 
     from workers.lifecycle import WorkerState
     from workers.protocol import GenerateJob
+    from workers.publisher import Outbox
     from workers.settings import WorkerSettings
     from workers.tasks import run_job
 
     client = redis_lib.Redis.from_url(redis_server.url)
-    state = WorkerState("w@test", WorkerSettings(redis_url=redis_server.url), client, engines={})
+    state = WorkerState("w@test", WorkerSettings(redis_url=redis_server.url), client, engines={},
+                        outbox=Outbox(client))  # fmt: skip
     job = GenerateJob(request_id="req-x", model="elsewhere", prompt="hi", expires_at=time.time() + 60)
     listener = client.pubsub()
     listener.subscribe(channel_for(job.request_id))

@@ -21,10 +21,14 @@ def adapter_class(name: str) -> type[ModelAdapter]:
         from adapters.hf_causal import HfCausalAdapter
 
         return HfCausalAdapter
+    if name == "echo":
+        from adapters.echo import EchoAdapter
+
+        return EchoAdapter
     raise ModelLoadError(f"unknown adapter {name!r}; known: {', '.join(ADAPTER_NAMES)}")
 
 
-ADAPTER_NAMES = ("hf-causal",)
+ADAPTER_NAMES = ("hf-causal", "echo")
 
 __all__ = [
     "ADAPTER_NAMES",

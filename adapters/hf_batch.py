@@ -24,10 +24,12 @@ def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 
 class HfDecodeBatch(DecodeBatch):
-    def __init__(self, model: torch.nn.Module, device: torch.device, cache_kwarg: str, pad_id: int) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, forward_kwargs: dict[str, str | int],
+                 pad_id: int) -> None:  # fmt: skip
         self._model = model
         self._device = device
-        self._cache_kwarg = cache_kwarg
+        self._cache_kwarg = str(forward_kwargs.pop("cache"))
+        self._extra = forward_kwargs  # e.g. logits_to_keep=1: only the last position's logits
         self._pad_id = pad_id
         self._reset()
 
@@ -52,7 +54,7 @@ class HfDecodeBatch(DecodeBatch):
             mask[row, width - len(prompt) :] = 1
         ids, mask = ids.to(self._device), mask.to(self._device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._extra)
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         self._merge(cache, mask)
         return out.logits[:, -1, :]
@@ -76,7 +78,7 @@ class HfDecodeBatch(DecodeBatch):
         positions = self._next_position.unsqueeze(1)
         out = self._model(
             input_ids=ids, attention_mask=self._mask, position_ids=positions, use_cache=True,
-            **{self._cache_kwarg: self._cache},
+            **{self._cache_kwarg: self._cache}, **self._extra,
         )  # fmt: skip
         self._next_position = self._next_position + 1
         return out.logits[:, -1, :]

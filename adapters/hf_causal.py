@@ -48,7 +48,7 @@ class HfCausalAdapter(ModelAdapter):
     def load(self) -> None:
         started = time.monotonic()
         path = self.spec.path
-        if not path.exists():
+        if path is None or not path.exists():
             raise ModelLoadError(f"model {self.spec.name!r}: {path} does not exist (see README: make model)")
         folder = convert_gguf(path, self.cache_dir) if path.suffix == ".gguf" else path
         self.device = pick_device(self.spec.device)
@@ -63,7 +63,13 @@ class HfCausalAdapter(ModelAdapter):
         self._eos_ids = self._find_eos_ids()
         # transformers 5.x renamed `past_key_values` to `cache`; support both.
         forward_params = inspect.signature(self.model.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
+        self._forward_kwargs: dict[str, str | int] = {
+            "cache": "cache" if "cache" in forward_params else "past_key_values"
+        }
+        for name in ("logits_to_keep", "num_logits_to_keep"):  # skip logits nobody samples from
+            if name in forward_params:
+                self._forward_kwargs[name] = 1
+                break
         self._mergeable_cache = self._cache_is_plain_dynamic()
         self._context_length = self._find_context_length()
         log.info(
@@ -131,7 +137,7 @@ class HfCausalAdapter(ModelAdapter):
     def new_batch(self) -> HfDecodeBatch:
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else min(self._eos_ids, default=0)
-        batch = HfDecodeBatch(self.model, self.device, self._cache_kwarg, pad)
+        batch = HfDecodeBatch(self.model, self.device, dict(self._forward_kwargs), pad)
         if not self._mergeable_cache:
             batch.max_rows = 1
         return batch

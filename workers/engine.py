@@ -221,8 +221,12 @@ class Engine:
 
     @staticmethod
     def _fail(seq: Sequence, code: ErrorCode, message: str) -> None:
-        seq.sink.error(code, message)
-        seq.finished.set()
+        try:
+            seq.sink.error(code, message)
+        except Exception:  # the loop must survive a broken sink
+            log.exception("could not report %s for a request", code)
+        finally:
+            seq.finished.set()
 
 
 class _QueueSink:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+ADAPTERS_WITHOUT_FILES = frozenset({"echo"})
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
@@ -40,13 +41,19 @@ class ModelSpec(BaseModel):
 
     name: str = Field(pattern=MODEL_NAME_PATTERN)
     adapter: str = "hf-causal"
-    path: Path
+    path: Path | None = None  # a folder or file; not needed by model-free adapters (echo)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = "auto"
     max_context: int | None = Field(None, ge=16, description="cap on prompt + completion tokens")
     slots: int = Field(8, ge=1, le=1024, description="requests decoded together (continuous batching)")
     trust_remote_code: bool = False
     defaults: SamplingDefaults = SamplingDefaults()
+
+    @model_validator(mode="after")
+    def _needs_a_path(self) -> ModelSpec:
+        if self.path is None and self.adapter not in ADAPTERS_WITHOUT_FILES:
+            raise ValueError(f"model {self.name!r} needs a 'path' (adapter {self.adapter})")
+        return self
     owned_by: str = "queuechat"
 
 
@@ -88,6 +95,8 @@ def load_models_file(path: Path) -> ModelsFile:
     # Relative paths are relative to the models file, wherever the process runs.
     resolved = {
         name: spec.model_copy(update={"path": (path.parent / spec.path.expanduser()).resolve()})
+        if spec.path is not None
+        else spec
         for name, spec in parsed.models.items()
     }
     return ModelsFile(models=resolved)

@@ -1,0 +1,86 @@
+"""An instant, model-free adapter: answers with the prompt's own bytes, over and over.
+
+For measuring everything around the model (queue, pub/sub, gateway, SSE) and for fast tests.
+Tokens are bytes (0-255); 256 ends a sequence.  `path` in the models file is not read.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+
+import torch
+
+from adapters.base import DecodeBatch, ModelAdapter
+from workers.protocol import ChatMessage
+
+EOS = 256
+VOCAB = 257
+
+
+class EchoBatch(DecodeBatch):
+    def __init__(self) -> None:
+        self._rows: list[tuple[list[int], int]] = []  # (prompt, how many tokens generated)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _logits(self, rows: list[tuple[list[int], int]]) -> torch.Tensor:
+        logits = torch.full((len(rows), VOCAB), float("-inf"))
+        for i, (prompt, produced) in enumerate(rows):
+            logits[i, prompt[produced % len(prompt)]] = 0.0
+        return logits
+
+    def add(self, prompts: list[list[int]]) -> torch.Tensor:
+        new = [(p, 0) for p in prompts]
+        self._rows.extend(new)
+        return self._logits(new)
+
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        self._rows = [(prompt, produced + 1) for prompt, produced in self._rows]
+        return self._logits(self._rows)
+
+    def remove(self, rows: list[int]) -> None:
+        gone = set(rows)
+        self._rows = [r for i, r in enumerate(self._rows) if i not in gone]
+
+
+class ByteDetokenizer:
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return self._decoder.decode(bytes([token_id]))
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class EchoAdapter(ModelAdapter):
+    name = "echo"
+
+    def load(self) -> None:
+        self._context = self.spec.max_context or 4096
+
+    @property
+    def context_length(self) -> int:
+        return self._context
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        return frozenset({EOS})
+
+    def chat_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+        return self.text_prompt("\n".join(m.content for m in messages))
+
+    def text_prompt(self, prompt: str) -> list[int]:
+        return list(prompt.encode())
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.encode())
+
+    def new_batch(self) -> EchoBatch:
+        return EchoBatch()
+
+    def detokenizer(self, prompt_ids: list[int]) -> ByteDetokenizer:
+        return ByteDetokenizer()

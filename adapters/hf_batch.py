@@ -1,17 +1,21 @@
 """A growing and shrinking batch of sequences over one Hugging Face model's KV cache.
 
-Rows are left-padded to a common length: a new row joins by being prefilled on its own (with the
-other newcomers) and concatenated onto the running cache; a finished row leaves by being dropped
-from it.  Each row keeps its own position ids, and the attention mask hides the padding, so a
+Rows are left-padded to a common length: a new row joins by being prefilled on its own (after
+the longest prefix whose KV is already cached) and concatenated onto the running cache; a
+finished row leaves by being dropped from it.  Each row keeps its own position ids, and the attention mask hides the padding, so a
 row's tokens do not depend on its neighbours (up to floating-point rounding).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from adapters.base import DecodeBatch
+from adapters.prefix_cache import PrefixCache
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -25,12 +29,13 @@ def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 class HfDecodeBatch(DecodeBatch):
     def __init__(self, model: torch.nn.Module, device: torch.device, forward_kwargs: dict[str, str | int],
-                 pad_id: int) -> None:  # fmt: skip
+                 new_cache: Callable[[], Any], prefixes: PrefixCache | None) -> None:  # fmt: skip
         self._model = model
+        self._new_cache = new_cache
+        self._prefixes = prefixes
         self._device = device
         self._cache_kwarg = str(forward_kwargs.pop("cache"))
         self._extra = forward_kwargs  # e.g. logits_to_keep=1: only the last position's logits
-        self._pad_id = pad_id
         self._reset()
 
     def _reset(self) -> None:
@@ -46,21 +51,53 @@ class HfDecodeBatch(DecodeBatch):
         return 0 if self._mask is None else self._mask.shape[1]
 
     def add(self, prompts: list[list[int]]) -> torch.Tensor:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            mask[row, width - len(prompt) :] = 1
-        ids, mask = ids.to(self._device), mask.to(self._device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._extra)
-        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        """Prefill the newcomers in one forward pass, each after its longest cached prefix, and join
+        them to the batch.  Row r's columns: [padding | its cached prefix][padding | its new tokens]."""
+        found = [self._prefixes.longest(p) if self._prefixes else (0, None) for p in prompts]
+        cached = [length for length, _ in found]
+        fresh = [len(p) - c for p, c in zip(prompts, cached)]
+        width_p, width_s = max(cached), max(fresh)
+        rows = len(prompts)
+        ids = torch.full((rows, width_s), 0, dtype=torch.long)
+        mask = torch.zeros((rows, width_p + width_s), dtype=torch.long)
+        positions = torch.zeros((rows, width_s), dtype=torch.long)
+        for r, (prompt, c, s) in enumerate(zip(prompts, cached, fresh)):
+            ids[r, width_s - s :] = torch.tensor(prompt[c:])
+            mask[r, width_p - c : width_p] = 1
+            mask[r, width_p + width_s - s :] = 1
+            positions[r, width_s - s :] = torch.arange(c, c + s)
+        cache = self._new_cache()
+        if width_p:
+            for layer in range(len(next(kv for _, kv in found if kv is not None))):
+                keys, values = self._stack_prefixes(found, layer, width_p)
+                cache.update(keys, values, layer)
+        ids, mask, positions = ids.to(self._device), mask.to(self._device), positions.to(self._device)
+        out = self._model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+            **{self._cache_kwarg: cache}, **self._extra,
+        )  # fmt: skip
+        if self._prefixes is not None:
+            for r, prompt in enumerate(prompts):
+                kept = mask[r].bool()
+                self._prefixes.store(prompt, [(l.keys[r : r + 1, :, kept], l.values[r : r + 1, :, kept])
+                                              for l in cache.layers])  # fmt: skip
         self._merge(cache, mask)
         return out.logits[:, -1, :]
 
+    def _stack_prefixes(self, found: list, layer: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[rows, heads, width, dim] keys and values: each row's cached prefix, right-aligned."""
+        sample_k, sample_v = next(kv for _, kv in found if kv is not None)[layer]
+        shape = (len(found), sample_k.shape[1], width, sample_k.shape[3])
+        keys = sample_k.new_zeros(shape)
+        values = sample_v.new_zeros(shape[:3] + (sample_v.shape[3],))
+        for r, (length, kv) in enumerate(found):
+            if kv is not None:
+                keys[r, :, width - length :] = kv[layer][0][0]
+                values[r, :, width - length :] = kv[layer][1][0]
+        return keys, values
+
     def _merge(self, cache: object, mask: torch.Tensor) -> None:
-        lengths = mask.sum(-1)
+        lengths = mask.sum(-1)  # a row's next position: its real tokens so far
         if self._cache is None:
             self._cache, self._mask, self._next_position = cache, mask, lengths
             return

@@ -10,11 +10,13 @@ from collections.abc import Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from adapters.base import ModelAdapter, ModelLoadError
 from adapters.detokenize import IncrementalDetokenizer
 from adapters.gguf_cache import convert_gguf
 from adapters.hf_batch import HfDecodeBatch
+from adapters.prefix_cache import PrefixCache
 from workers.protocol import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class HfCausalAdapter(ModelAdapter):
                 self._forward_kwargs[name] = 1
                 break
         self._mergeable_cache = self._cache_is_plain_dynamic()
+        self._prefixes = PrefixCache() if self._mergeable_cache and self.spec.prefix_cache else None
         self._context_length = self._find_context_length()
         log.info(
             "loaded %s (%s, %s on %s, context %d) in %.1f s",
@@ -78,16 +81,16 @@ class HfCausalAdapter(ModelAdapter):
             self._context_length, time.monotonic() - started,
         )  # fmt: skip
 
+    def _new_cache(self) -> DynamicCache:
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # older transformers: layers are created lazily
+            return DynamicCache()
+
     def _cache_is_plain_dynamic(self) -> bool:
         """Rows can join a running batch only when every layer keeps a plain, growing KV cache
         (sliding-window or recurrent layers would need their own merge rules)."""
-        from transformers.cache_utils import DynamicCache, DynamicLayer
-
-        try:
-            cache = DynamicCache(config=self.model.config)
-        except TypeError:  # older transformers: layers are created lazily
-            return True
-        return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", []))
+        return all(type(layer) is DynamicLayer for layer in getattr(self._new_cache(), "layers", []))
 
     def _find_eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -135,9 +138,7 @@ class HfCausalAdapter(ModelAdapter):
         return IncrementalDetokenizer(self.tokenizer, prompt_ids)
 
     def new_batch(self) -> HfDecodeBatch:
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else min(self._eos_ids, default=0)
-        batch = HfDecodeBatch(self.model, self.device, dict(self._forward_kwargs), pad)
+        batch = HfDecodeBatch(self.model, self.device, dict(self._forward_kwargs), self._new_cache, self._prefixes)
         if not self._mergeable_cache:
             batch.max_rows = 1
         return batch

@@ -177,14 +177,19 @@ class Engine:
 
     @torch.inference_mode()
     def _step(self, joiners: list[Sequence]) -> None:
-        """Prefill the newcomers if there are any (the others wait one step), else decode one token for all."""
+        """Prefill the newcomers together, in one forward pass (the others wait that step), else
+        decode one token for every running sequence."""
         if joiners:
-            logits, offset = self._batch.add([s.prompt_ids for s in joiners]), len(self._rows)
+            logits = self._batch.add([seq.prompt_ids for seq in joiners])
+            offset = len(self._rows)
             self._rows.extend(joiners)
-            stepping = joiners
-        else:
-            logits, offset = self._batch.step([s.last_token for s in self._rows]), 0
-            stepping = self._rows
+            self._advance(joiners, logits, offset)
+        elif self._rows:
+            logits = self._batch.step([s.last_token for s in self._rows])
+            self._advance(self._rows, logits, offset=0)
+
+    def _advance(self, stepping: list[Sequence], logits: torch.Tensor, offset: int) -> None:
+        """Sample one token for each of `stepping` (rows offset.. of the batch); drop the finished."""
         greedy = logits.argmax(dim=-1).tolist()
         done = []
         for i, seq in enumerate(stepping):

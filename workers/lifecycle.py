@@ -63,8 +63,10 @@ class WorkerState:
         threading.Thread(target=self._beat_forever, name="queuechat-heartbeat", daemon=True).start()
 
     def withdraw(self) -> None:
-        """Stop heartbeating and remove this worker from the live sets at once."""
+        """Stop heartbeating, remove this worker from the live sets at once, stop the engines."""
         self._stop.set()
+        for engine in self.engines.values():
+            engine.close()
         try:
             for model in self.engines:
                 self.redis.zrem(live_workers_key(model), self.worker_id)

@@ -46,6 +46,7 @@ class ModelSpec(BaseModel):
     device: str = "auto"
     max_context: int | None = Field(None, ge=16, description="cap on prompt + completion tokens")
     slots: int = Field(8, ge=1, le=1024, description="requests decoded together (continuous batching)")
+    prefix_cache: bool = Field(True, description="reuse the KV cache of prompt prefixes seen before")
     trust_remote_code: bool = False
     defaults: SamplingDefaults = SamplingDefaults()
 

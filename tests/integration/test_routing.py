@@ -54,3 +54,16 @@ def test_backlog_waits_in_the_redis_list_named_after_the_model(client, workers, 
         assert r.llen("tiny-b") == 0
     finally:
         control.add_consumer("tiny-b", destination=[worker_b], reply=True, timeout=5)
+
+
+def test_worker_pool_has_one_thread_per_batch_slot(workers, redis_server) -> None:
+    """With prefetch 1 and late acks, a worker then holds only as many tasks as it can decode."""
+    from workers.celery_app import make_celery
+    from workers.settings import WorkerSettings
+
+    inspect = make_celery(WorkerSettings(redis_url=redis_server.url)).control.inspect(timeout=5)
+    stats = inspect.stats() or {}
+    for worker in workers.values():
+        pool = stats[worker.name]["pool"]
+        assert pool["max-concurrency"] == 8  # the models file's default slots for tiny-a / tiny-b
+        assert stats[worker.name]["prefetch_count"] == 8

@@ -175,3 +175,27 @@ def test_many_threads_submitting_at_once_all_finish(adapter, batched) -> None:
     while any(s.finished is None for s in sinks) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert all(s.finished is not None and s.finished.usage.completion_tokens <= 8 for s in sinks)
+
+
+def test_prefix_cache_gives_the_same_tokens_as_computing_every_prompt_whole(tiny_model_dir, tmp_path) -> None:
+    """Prompts sharing prefixes of different lengths join in one prefill; the cache is cold, then warm."""
+    shared = "The capital of France is Paris. The capital of Italy is Rome. Queues hold work until " * 2
+    prompts = [shared + tail for tail in ("a worker", "Hello!", "0123456789 + - * / = ( )")] + [PROMPTS[3], shared]
+    outputs = {}
+    for use_cache in (False, True):
+        spec = ModelSpec(name="tiny", path=tiny_model_dir, device="cpu", prefix_cache=use_cache)
+        adapter = HfCausalAdapter(spec, tmp_path)
+        adapter.load()
+        engine = Engine(adapter, slots=16)
+        runs = []
+        for _ in range(2):  # the second round finds the prefixes cached (when the cache is on)
+            sinks = [RecordingSink() for _ in prompts]
+            seqs = [engine.submit(adapter.text_prompt(p), SamplingParams(temperature=0.0, max_tokens=12), s)
+                    for p, s in zip(prompts, sinks)]  # fmt: skip
+            assert all(seq.finished.wait(60) for seq in seqs)
+            runs.append([(s.text, s.finished) for s in sinks])
+        engine.close()
+        outputs[use_cache] = runs
+        if use_cache:
+            assert adapter._prefixes is not None and adapter._prefixes.hits > 0
+    assert outputs[True][0] == outputs[True][1] == outputs[False][0] == outputs[False][1]

@@ -1,0 +1,133 @@
+"""Benchmark: the full QueueChat stack (gateway + Redis + worker) against plain transformers.
+
+In one run, on the same prompts (temperature 0):
+  (a) baseline in-process: `generate` for one stream, and one static batch per concurrency level;
+  (b) the stack started here (or --url), driven by N concurrent streaming clients (closed loop);
+  (c) a table of tokens/s, TTFT and inter-token latency, with ratios against (a).
+Tokens are counted by re-tokenizing the received text with the model's tokenizer.
+--echo measures the relay alone: an instant model-free adapter behind one gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from bench import baseline as base
+from bench.load import LevelReport, percentile, run
+from bench.stack import Stack
+from workers.models_file import load_models_file
+from workers.settings import DEFAULT_MODELS_FILE, WorkerSettings
+
+
+def _row(level: LevelReport, ratio: str) -> str:
+    ms = lambda v: f"{v * 1000:7.0f}"  # noqa: E731
+    return (f"| {level.concurrency:>3} | {level.requests:>4} | {level.errors:>3} | {level.tokens_per_s:8.1f} | {ratio:>7} "
+            f"| {ms(percentile(level.ttfts, 50))} | {ms(percentile(level.ttfts, 95))} "
+            f"| {ms(percentile(level.gaps, 50))} | {ms(percentile(level.gaps, 95))} |")  # fmt: skip
+
+
+HEADER = ("| conc | reqs | err | tok/s | ratio | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+
+
+def _model_folder(model: str, models_file: Path) -> Path:
+    from adapters.gguf_cache import convert_gguf
+
+    spec = load_models_file(models_file).get(model)
+    if spec is None or spec.path is None:
+        raise SystemExit(f"{model} is not a model with files in {models_file}")
+    return convert_gguf(spec.path, WorkerSettings().cache_dir) if spec.path.suffix == ".gguf" else spec.path
+
+
+def bench_model(args: argparse.Namespace) -> None:
+    folder = _model_folder(args.model, args.models_file)
+    print(f"baseline: transformers generate in-process on {folder.name} ...", flush=True)
+    baseline = base.measure(folder, args.max_tokens, [c for c in args.concurrency if c > 1])
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    gc.collect()
+    count = lambda text: base.count_tokens(tokenizer, text)  # noqa: E731
+    targets = [("queuechat", None, args.model)] + ([("compare", args.compare_url, args.compare_model)]
+                                                    if args.compare_url else [])  # fmt: skip
+    for label, url, model in targets:
+        stack = None
+        if url is None and args.url is None:
+            stack = Stack(args.model, args.models_file, Path(tempfile.mkdtemp(prefix="bench-")))
+            stack.wait_ready()
+            url = stack.url
+        url = url or args.url
+        try:
+            run(url, model, 2, 1, 8, count)  # warm-up
+            print(f"\n### {label} at {url}, model {model}, max_tokens {args.max_tokens}\n\n{HEADER}")
+            for c in args.concurrency:
+                level = run(url, model, c, args.rounds, args.max_tokens, count)
+                if c == 1:
+                    overhead = (percentile(level.ttfts, 50) * 1000) - baseline.ttft_p50_ms
+                    ratio = f"{level.tokens_per_s / baseline.single_tokens_per_s:.2f}x"
+                    note = f"TTFT p50 overhead vs in-process prefill: {overhead:+.0f} ms"
+                else:
+                    ratio, note = f"{level.tokens_per_s / baseline.batch_tokens_per_s[c]:.2f}x", ""
+                print(_row(level, ratio), flush=True)
+                if note:
+                    print(f"<!-- {note} -->", flush=True)
+            if stack:
+                rss = stack.rss()
+                print(f"\nRSS after the run: gateway {rss['gateway']:.0f} MB, worker {rss['worker']:.0f} MB")
+        finally:
+            if stack:
+                stack.stop()
+    print("\nbaseline (in-process transformers generate, same prompts):")
+    print(f"  one stream: {baseline.single_tokens_per_s:.1f} tok/s; prefill + first token p50 {baseline.ttft_p50_ms:.0f} ms")
+    for size, tps in baseline.batch_tokens_per_s.items():
+        print(f"  static batch of {size}: {tps:.1f} tok/s")
+    print("ratio: c=1 against one stream; c>1 against the static batch of c prompts")
+
+
+def bench_echo(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-echo-"))
+    models_file = workdir / "models.yaml"
+    models_file.write_text(yaml.safe_dump({"models": {"echo": {"adapter": "echo", "slots": max(args.concurrency)}}}))
+    stack = Stack("echo", models_file, workdir)
+    try:
+        stack.wait_ready()
+        run(stack.url, "echo", 2, 1, 8, len)
+        print(f"\n### relay only: echo adapter, max_tokens {args.max_tokens}\n\n{HEADER}")
+        for c in args.concurrency:
+            level = run(stack.url, "echo", c, args.rounds, args.max_tokens, lambda t: len(t.encode()))
+            print(_row(level, "-"), flush=True)
+        rss = stack.rss()
+        print(f"\nRSS after the run: gateway {rss['gateway']:.0f} MB, worker {rss['worker']:.0f} MB")
+    finally:
+        stack.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--models-file", type=Path, default=DEFAULT_MODELS_FILE)
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="requests per client at each level")
+    parser.add_argument("--url", help="an already running QueueChat /v1 URL instead of starting one")
+    parser.add_argument("--compare-url", help="another OpenAI-compatible /v1 URL to measure the same way")
+    parser.add_argument("--compare-model", default=None, help="model name at --compare-url")
+    parser.add_argument("--echo", action="store_true", help="relay throughput with the model-free echo adapter")
+    args = parser.parse_args()
+    args.compare_model = args.compare_model or args.model
+    if args.echo:
+        if args.concurrency == [1, 4, 8, 16]:
+            args.concurrency = [16, 64]
+        bench_echo(args)
+    else:
+        bench_model(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: run test venv model unit integration clean
+.PHONY: run test venv model unit integration bench clean
 
 run: venv model
 	$(PY) scripts/run_stack.py
@@ -21,6 +21,11 @@ unit: venv
 
 integration: venv model
 	$(PY) -m pytest -ra tests/integration
+
+# Throughput/latency of the full stack against in-process transformers (not a test; see README).
+bench: venv model
+	$(PY) -m bench
+	$(PY) -m bench --echo --max-tokens 256
 
 venv: $(VENV)/.installed
 

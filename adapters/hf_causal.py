@@ -57,8 +57,15 @@ class HfCausalAdapter(ModelAdapter):
         dtype = pick_dtype(self.spec.dtype, self.device)
         remote = self.spec.trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=remote)
-        self.model.to(self.device).eval()
+        if self.spec.device_map:  # accelerate spreads the layers over the devices it finds
+            self.model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, trust_remote_code=remote, device_map=self.spec.device_map
+            )
+            self.device = self.model.get_input_embeddings().weight.device  # where inputs go
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=remote)
+            self.model.to(self.device)
+        self.model.eval()
         if not self.tokenizer.chat_template:
             log.warning("%s has no chat template; using ChatML", self.spec.name)
             self.tokenizer.chat_template = _CHATML_FALLBACK

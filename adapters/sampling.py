@@ -23,6 +23,8 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     """`logits` is the 1-D row for the last position."""
     if params.greedy or generator is None:
         return int(torch.argmax(logits))
+    if logits.device != generator.device:  # per-request generators live on the CPU
+        logits = logits.to(generator.device)
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)

@@ -44,6 +44,7 @@ class ModelSpec(BaseModel):
     path: Path | None = None  # a folder or file; not needed by model-free adapters (echo)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = "auto"
+    device_map: str | None = Field(None, description="accelerate device map, e.g. 'auto' to span several GPUs")
     max_context: int | None = Field(None, ge=16, description="cap on prompt + completion tokens")
     slots: int = Field(8, ge=1, le=1024, description="requests decoded together (continuous batching)")
     prefix_cache: bool = Field(True, description="reuse the KV cache of prompt prefixes seen before")

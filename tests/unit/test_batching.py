@@ -199,3 +199,14 @@ def test_prefix_cache_gives_the_same_tokens_as_computing_every_prompt_whole(tiny
         if use_cache:
             assert adapter._prefixes is not None and adapter._prefixes.hits > 0
     assert outputs[True][0] == outputs[True][1] == outputs[False][0] == outputs[False][1]
+
+
+def test_a_model_placed_by_accelerate_device_map_generates_the_same(adapter, alone, tiny_model_dir, tmp_path) -> None:
+    spec = ModelSpec(name="tiny", path=tiny_model_dir, device_map="cpu")
+    mapped = HfCausalAdapter(spec, tmp_path)
+    mapped.load()
+    engine = Engine(mapped, slots=4)
+    ids = _ids(adapter, PROMPTS[2])
+    params = SamplingParams(temperature=0.0, max_tokens=16)
+    assert _solo(engine, ids, params) == _solo(alone, ids, params)
+    engine.close()

@@ -27,6 +27,7 @@ def generate(self: Any, payload: dict[str, Any]) -> None:
 
 def run_job(state: WorkerState, payload: dict[str, Any]) -> None:
     request_id = str(payload.get("request_id", "")) if isinstance(payload, dict) else ""
+    prompt_param = "messages" if isinstance(payload, dict) and payload.get("messages") else "prompt"
     publisher = EventPublisher(state.redis, request_id)
     try:
         _generate(state, GenerateJob.model_validate(payload), publisher)
@@ -34,9 +35,9 @@ def run_job(state: WorkerState, payload: dict[str, Any]) -> None:
         log.warning("rejected malformed job %s: %s", request_id or "?", exc)
         publisher.error("invalid_request", f"malformed job: {exc.errors()[0]['msg']}")
     except ContextLengthExceeded as exc:
-        publisher.error("context_length_exceeded", str(exc), param="messages")
+        publisher.error("context_length_exceeded", str(exc), param=prompt_param)
     except AdapterError as exc:
-        publisher.error("invalid_request", str(exc), param="prompt")
+        publisher.error("invalid_request", str(exc), param=prompt_param)
     except redis.RedisError:
         log.exception("lost Redis while serving %s", request_id)
     except Exception:

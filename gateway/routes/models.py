@@ -5,7 +5,6 @@ from typing import Any
 from fastapi import APIRouter
 
 from gateway.deps import RegistryDep
-from gateway.errors import ModelNotFound
 from gateway.registry import Registry
 
 router = APIRouter()

@@ -93,6 +93,7 @@ def test_prompt_longer_than_context_is_400(gateway, path: str, stream: bool) -> 
         response = post(gateway, path, body)
     error = assert_error(response, 400, code="context_length_exceeded")
     assert "256" in error["message"]
+    assert error["param"] == ("messages" if "chat" in path else "prompt")
 
 
 def test_known_model_without_worker_is_503_at_once(client: openai.OpenAI) -> None:

@@ -12,6 +12,7 @@ from gateway.errors import install_error_handlers
 from gateway.registry import Registry
 from gateway.relay import Relay
 from gateway.routes import chat, completions, health, models
+from gateway.security import GuardMiddleware
 from gateway.settings import GatewaySettings
 from workers.celery_app import make_celery
 from workers.models_file import load_models_file
@@ -28,7 +29,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         celery = make_celery(WorkerSettings(redis_url=settings.redis_url, task_expiry=settings.queue_timeout))
         registry = Registry(redis, known_models, settings.heartbeat_ttl)
         app.state.redis = redis
-        app.state.relay = Relay(redis, celery, registry, settings.queue_timeout, settings.idle_timeout)
+        app.state.relay = Relay(
+            redis, celery, registry, settings.queue_timeout, settings.idle_timeout, max_queue=settings.max_queue
+        )
         try:
             yield
         finally:
@@ -38,6 +41,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = FastAPI(title="QueueChat", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes)
     for module in (chat, completions, models, health):
         app.include_router(module.router)
     return app

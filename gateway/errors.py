@@ -20,10 +20,12 @@ class APIError(Exception):
     type = "server_error"
     code: str | None = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:  # fmt: skip
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers
         if code is not None:
             self.code = code
 
@@ -31,7 +33,7 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 class InvalidRequest(APIError):
@@ -51,6 +53,24 @@ class ModelNotFound(NotFound):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' does not exist.", param="model")
+
+
+class Unauthorized(APIError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(APIError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
 
 
 class ServiceUnavailable(APIError):
@@ -115,8 +135,8 @@ async def _api_error(_: Request, exc: APIError) -> JSONResponse:
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    kind = {404: NotFound, 405: InvalidRequest}.get(exc.status_code, APIError)
-    error = kind(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    kind = {404: NotFound, 405: InvalidRequest, 413: PayloadTooLarge}.get(exc.status_code, APIError)
+    error = kind(str(exc.detail), code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code))
     error.status = exc.status_code
     return error.response()
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.errors import InvalidRequest
+from gateway.settings import GatewaySettings
 from workers.protocol import ChatMessage, GenerateJob, SamplingParams
 
 MAX_STOP_SEQUENCES = 4
@@ -93,6 +94,17 @@ class _GenerationRequest(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop), seed=self.seed)
 
+    def _check_common_limits(self, limits: GatewaySettings, prompt_chars: int, prompt_param: str) -> None:
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = getattr(self, name, None)
+            if value is not None and value > limits.max_tokens_limit:
+                raise InvalidRequest(f"'{name}' may be at most {limits.max_tokens_limit} on this server.", param=name)
+        if prompt_chars > limits.max_prompt_chars:
+            raise InvalidRequest(
+                f"The prompt has {prompt_chars} characters; this server accepts at most {limits.max_prompt_chars}.",
+                param=prompt_param, code="prompt_too_long",
+            )  # fmt: skip
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
@@ -106,6 +118,11 @@ class CreateChatCompletionRequest(_GenerationRequest):
     messages: Annotated[list[ChatCompletionRequestMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)
 
+    def check_limits(self, limits: GatewaySettings) -> None:
+        if len(self.messages) > limits.max_messages:
+            raise InvalidRequest(f"At most {limits.max_messages} messages are accepted.", param="messages")
+        self._check_common_limits(limits, sum(len(m.text()) for m in self.messages), "messages")
+
     def to_job(self, queue_timeout: float) -> GenerateJob:
         messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in self.messages)
         params = self.sampling_params(self.max_completion_tokens or self.max_tokens)
@@ -115,6 +132,10 @@ class CreateChatCompletionRequest(_GenerationRequest):
 class CreateCompletionRequest(_GenerationRequest):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+
+    def check_limits(self, limits: GatewaySettings) -> None:
+        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        self._check_common_limits(limits, len(prompt), "prompt")
 
     def to_job(self, queue_timeout: float) -> GenerateJob:
         prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]

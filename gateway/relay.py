@@ -19,7 +19,7 @@ from celery import Celery
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from gateway.errors import InternalError, ServiceUnavailable
+from gateway.errors import InternalError, RateLimited, ServiceUnavailable
 from gateway.registry import Registry
 from workers.protocol import (
     TASK_GENERATE,
@@ -39,8 +39,10 @@ _POLL_SECONDS = 1.0  # how often a silent wait re-checks the workers' heartbeats
 
 
 class Relay:
-    def __init__(self, redis: Redis, celery: Celery, registry: Registry, queue_timeout: float, idle_timeout: float):
+    def __init__(self, redis: Redis, celery: Celery, registry: Registry, queue_timeout: float, idle_timeout: float,
+                 max_queue: int | None = None) -> None:  # fmt: skip
         self.redis = redis
+        self.max_queue = max_queue
         self.celery = celery
         self.registry = registry
         self.queue_timeout = queue_timeout
@@ -50,6 +52,7 @@ class Relay:
         """Queue `job`; the returned stream yields its events.  Close it (async with) when done."""
         try:
             await self.registry.require_live(job.model)
+            await self._check_backlog(job.model)
             pubsub = self.redis.pubsub()
             stream = EventStream(self, pubsub, job)
             try:
@@ -62,6 +65,17 @@ class Relay:
         except redis.exceptions.RedisError as exc:
             raise ServiceUnavailable(f"The queue is unreachable: {exc}", code="queue_unavailable") from exc
         return stream
+
+    async def _check_backlog(self, model: str) -> None:
+        """429 once `max_queue` requests already wait in the model's queue (a Redis list)."""
+        if self.max_queue is None:
+            return
+        waiting = await self.redis.llen(model)
+        if waiting >= self.max_queue:
+            raise RateLimited(
+                f"Too many requests are waiting for model '{model}' ({waiting}); retry shortly.",
+                headers={"Retry-After": "1"},
+            )
 
     def _send(self, job: GenerateJob) -> None:
         self.celery.send_task(

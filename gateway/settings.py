@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from workers.settings import QueueSettings
@@ -14,3 +16,19 @@ class GatewaySettings(QueueSettings):
         300.0, gt=0, description="longest wait for a worker to start a request; also the task expiry"
     )
     idle_timeout: float = Field(60.0, gt=0, description="longest silence from a worker mid-request")
+
+    # Security and limits
+    api_keys: str = Field("", description="comma-separated API keys; empty: no key needed")
+    api_keys_file: Path | None = Field(None, description="a file with one API key per line")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    max_queue: int = Field(256, ge=1, description="requests waiting per model beyond which 429")
+    max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request may ask for")
+    max_messages: int = Field(512, ge=1)
+    max_prompt_chars: int = Field(200_000, ge=1, description="total characters of messages or prompt")
+
+    def keys(self) -> list[str]:
+        """Every accepted API key (environment and file); empty means the API is open."""
+        keys = [k.strip() for k in self.api_keys.split(",")]
+        if self.api_keys_file is not None:
+            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines()]
+        return [k for k in keys if k and not k.startswith("#")]

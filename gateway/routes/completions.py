@@ -13,5 +13,6 @@ router = APIRouter()
 
 @router.post("/v1/completions", response_model=None)
 async def create_completion(body: CreateCompletionRequest, relay: RelayDep, settings: SettingsDep) -> Response:
+    body.check_limits(settings)
     job = body.to_job(settings.queue_timeout)
     return await respond(relay, job, Format.TEXT, body.stream, body.include_usage)

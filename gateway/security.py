@@ -1,0 +1,77 @@
+"""API keys and the request body limit, as ASGI middleware: no route can forget them.
+
+Keys are compared in constant time (every key is checked, whatever matches).  `/health` stays
+open so load balancers and orchestrators can probe it.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import APIError, PayloadTooLarge, Unauthorized
+
+OPEN_PATHS = frozenset({"/health"})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value
+    return None
+
+
+def key_matches(presented: bytes, keys: list[bytes]) -> bool:
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    return matched
+
+
+class GuardMiddleware:
+    def __init__(self, app: ASGIApp, keys: list[str], max_body_bytes: int) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.keys and scope["path"] not in OPEN_PATHS:
+            auth = _header(scope, b"authorization") or b""
+            scheme, _, token = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not key_matches(token.strip(), self.keys):
+                error = Unauthorized("Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.")
+                await self._reject(error, scope, receive, send)
+                return
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            await self._reject(self._too_large(), scope, receive, send)
+            return
+        await self._call_counting(scope, receive, send)
+
+    async def _call_counting(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Bodies without a Content-Length (chunked) are counted as they arrive; the error handlers
+        turn the HTTPException raised while the body is read into a 413 in OpenAI's shape."""
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise HTTPException(413, self._too_large().message)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _too_large(self) -> APIError:
+        return PayloadTooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
+
+    @staticmethod
+    async def _reject(error: APIError, scope: Scope, receive: Receive, send: Send) -> None:
+        await error.response()(scope, receive, send)

@@ -1,12 +1,14 @@
 """An instant, model-free adapter: answers with the prompt's own bytes, over and over.
 
 For measuring everything around the model (queue, pub/sub, gateway, SSE) and for fast tests.
-Tokens are bytes (0-255); 256 ends a sequence.  `path` in the models file is not read.
+Tokens are bytes (0-255); 256 ends a sequence.  `path` in the models file is not read;
+`options: {step_delay: 0.05}` makes each decode step take that long, like a slow model.
 """
 
 from __future__ import annotations
 
 import codecs
+import time
 from collections.abc import Sequence
 
 import torch
@@ -19,8 +21,9 @@ VOCAB = 257
 
 
 class EchoBatch(DecodeBatch):
-    def __init__(self) -> None:
+    def __init__(self, step_delay: float = 0.0) -> None:
         self._rows: list[tuple[list[int], int]] = []  # (prompt, how many tokens generated)
+        self._delay = step_delay
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -37,6 +40,8 @@ class EchoBatch(DecodeBatch):
         return self._logits(new)
 
     def step(self, tokens: list[int]) -> torch.Tensor:
+        if self._delay:
+            time.sleep(self._delay)  # stands in for a model's forward pass
         self._rows = [(prompt, produced + 1) for prompt, produced in self._rows]
         return self._logits(self._rows)
 
@@ -80,7 +85,7 @@ class EchoAdapter(ModelAdapter):
         return len(text.encode())
 
     def new_batch(self) -> EchoBatch:
-        return EchoBatch()
+        return EchoBatch(float(self.spec.options.get("step_delay", 0.0)))
 
     def detokenizer(self, prompt_ids: list[int]) -> ByteDetokenizer:
         return ByteDetokenizer()

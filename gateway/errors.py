@@ -73,6 +73,14 @@ class RateLimited(APIError):
     code = "queue_full"
 
 
+class ClientClosedRequest(APIError):
+    """The client left before an answer (nginx's 499); nobody reads this response."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 class ServiceUnavailable(APIError):
     status = 503
     type = "server_error"

@@ -6,18 +6,19 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
 from gateway.errors import from_event
-from gateway.relay import Relay
+from gateway.relay import ClientGone, Relay
 from gateway.render import Envelope, Format, collect, sse_stream
 from workers.protocol import ErrorEvent, GenerateJob
 
 
-async def respond(relay: Relay, job: GenerateJob, fmt: Format, stream: bool, include_usage: bool) -> Response:
+async def respond(relay: Relay, job: GenerateJob, fmt: Format, stream: bool, include_usage: bool,
+                  client_gone: ClientGone | None = None) -> Response:  # fmt: skip
     """Queue `job` and answer with SSE or JSON.
 
     The HTTP status is decided by the worker's first event (start or error), so a prompt that is
     too long gets a real 400 even when streaming was asked for.
     """
-    events = await relay.submit(job)
+    events = await relay.submit(job, client_gone)
     try:
         first = await anext(events)
     except BaseException:
@@ -29,5 +30,6 @@ async def respond(relay: Relay, job: GenerateJob, fmt: Format, stream: bool, inc
     env = Envelope(id=job.request_id, model=job.model, fmt=fmt)
     headers = {"X-Request-Id": job.request_id}
     if stream:
+        events.client_gone = None  # from here sse-starlette notices a client that leaves
         return EventSourceResponse(sse_stream(events, env, include_usage), sep="\n", headers=headers)
     return JSONResponse(await collect(events, env), headers=headers)

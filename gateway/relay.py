@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -19,7 +20,7 @@ from celery import Celery
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from gateway.errors import InternalError, RateLimited, ServiceUnavailable
+from gateway.errors import ClientClosedRequest, InternalError, RateLimited, ServiceUnavailable
 from gateway.registry import Registry
 from workers.protocol import (
     TASK_GENERATE,
@@ -35,7 +36,9 @@ from workers.protocol import (
 
 log = logging.getLogger(__name__)
 
-_POLL_SECONDS = 1.0  # how often a silent wait re-checks the workers' heartbeats
+_POLL_SECONDS = 1.0  # how often a silent wait re-checks the workers' heartbeats and the client
+
+ClientGone = Callable[[], Awaitable[bool]]
 
 
 class Relay:
@@ -48,13 +51,14 @@ class Relay:
         self.queue_timeout = queue_timeout
         self.idle_timeout = idle_timeout
 
-    async def submit(self, job: GenerateJob) -> EventStream:
-        """Queue `job`; the returned stream yields its events.  Close it (async with) when done."""
+    async def submit(self, job: GenerateJob, client_gone: ClientGone | None = None) -> EventStream:
+        """Queue `job`; the returned stream yields its events.  Close it (async with) when done.
+        `client_gone` is asked while waiting: a client that left is not waited for."""
         try:
             await self.registry.require_live(job.model)
             await self._check_backlog(job.model)
             pubsub = self.redis.pubsub()
-            stream = EventStream(self, pubsub, job)
+            stream = EventStream(self, pubsub, job, client_gone)
             try:
                 await pubsub.subscribe(channel_for(job.request_id))
                 await _confirmed(pubsub)
@@ -97,8 +101,10 @@ async def _confirmed(pubsub: PubSub) -> None:
 class EventStream:
     """The events of one request, checked for order, with timeouts and worker-liveness checks."""
 
-    def __init__(self, relay: Relay, pubsub: PubSub, job: GenerateJob) -> None:
+    def __init__(self, relay: Relay, pubsub: PubSub, job: GenerateJob, client_gone: ClientGone | None = None):
         self._relay = relay
+        self.client_gone = client_gone  # asked about once a second; None once SSE watches the client
+        self._last_check = time.monotonic()
         self._pubsub = pubsub
         self.job = job
         self._next_seq = 0
@@ -133,6 +139,8 @@ class EventStream:
         return event
 
     async def _receive(self) -> Event:
+        if time.monotonic() - self._last_check > _POLL_SECONDS:  # even while events flow
+            await self._check_client()
         relay = self._relay
         limit = relay.idle_timeout if self._worker else relay.queue_timeout
         deadline = time.monotonic() + limit
@@ -147,6 +155,12 @@ class EventStream:
                 what = "produced nothing" if self._worker else "was not started by any worker"
                 raise ServiceUnavailable(f"The request {what} within {limit:.0f} s.", code="timeout")
             await self._check_workers()
+            await self._check_client()
+
+    async def _check_client(self) -> None:
+        self._last_check = time.monotonic()
+        if self.client_gone is not None and await self.client_gone():
+            raise ClientClosedRequest("The client closed the connection.")
 
     async def _check_workers(self) -> None:
         registry, model = self._relay.registry, self.job.model

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -50,6 +50,7 @@ class ModelSpec(BaseModel):
     prefix_cache: bool = Field(True, description="reuse the KV cache of prompt prefixes seen before")
     trust_remote_code: bool = False
     defaults: SamplingDefaults = SamplingDefaults()
+    options: dict[str, Any] = Field(default_factory=dict, description="adapter-specific settings")
 
     @model_validator(mode="after")
     def _needs_a_path(self) -> ModelSpec:

@@ -21,8 +21,8 @@ class QueueSettings(BaseSettings):
         validation_alias=AliasChoices("redis_url", "QUEUECHAT_REDIS_URL", "REDIS_URL"),
     )
     models_file: Path = DEFAULT_MODELS_FILE
-    heartbeat_interval: float = Field(2.0, gt=0, description="seconds between worker heartbeats")
-    heartbeat_ttl: float = Field(6.0, gt=0, description="a worker silent this long counts as dead")
+    heartbeat_interval: float = Field(1.0, gt=0, description="seconds between worker heartbeats")
+    heartbeat_ttl: float = Field(3.0, gt=0, description="a worker silent this long counts as dead")
 
 
 class WorkerSettings(QueueSettings):

@@ -1,6 +1,6 @@
 """POST /v1/completions"""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.deps import RelayDep, SettingsDep
@@ -12,7 +12,9 @@ router = APIRouter()
 
 
 @router.post("/v1/completions", response_model=None)
-async def create_completion(body: CreateCompletionRequest, relay: RelayDep, settings: SettingsDep) -> Response:
+async def create_completion(
+    body: CreateCompletionRequest, request: Request, relay: RelayDep, settings: SettingsDep
+) -> Response:
     body.check_limits(settings)
     job = body.to_job(settings.queue_timeout)
-    return await respond(relay, job, Format.TEXT, body.stream, body.include_usage)
+    return await respond(relay, job, Format.TEXT, body.stream, body.include_usage, request.is_disconnected)

@@ -38,6 +38,8 @@ def models_file(workdir: Path, tiny_model_dir: Path, tiny_model_dir_b: Path) -> 
             "tiny-b": {"adapter": "hf-causal", "path": tiny_model_dir_b},
             "tiny-idle": {"adapter": "hf-causal", "path": tiny_model_dir},
             "smollm2-135m": {"adapter": "hf-causal", "path": DEFAULT_MODEL_FILE},
+            # model-free and slow (50 ms a step): for cancellation and fault tests
+            "echo-slow": {"adapter": "echo", "slots": 4, "options": {"step_delay": 0.05}},
         },
     )
 

@@ -1,0 +1,96 @@
+"""Faults with real processes: a client that leaves, a worker killed mid-stream, nothing left behind.
+
+The model is `echo-slow` (no weights, 50 ms a decode step), so a request runs long enough to
+be interrupted."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.processes import Worker
+from workers.protocol import channel_for
+
+LONG = [{"role": "user", "content": "a long echo, please"}]
+
+
+@pytest.fixture
+def slow_worker(env, workdir, redis_server) -> Iterator[Worker]:
+    worker = Worker(["echo-slow"], env, workdir)
+    try:
+        worker.wait_live(redis_server.client)
+        yield worker
+    finally:
+        worker.stop(signal.SIGKILL)
+
+
+def _control(redis_server):
+    from workers.celery_app import make_celery
+    from workers.settings import WorkerSettings
+
+    return make_celery(WorkerSettings(redis_url=redis_server.url)).control
+
+
+def _active(redis_server, worker: Worker) -> list:
+    replies = _control(redis_server).inspect(destination=[worker.name], timeout=3).active() or {}
+    return replies.get(worker.name, [])
+
+
+def _wait(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_closing_a_stream_stops_the_worker_and_frees_its_slot(client, redis_server, slow_worker) -> None:
+    stream = client.chat.completions.create(model="echo-slow", messages=LONG, max_tokens=2000, stream=True)
+    chunks = [next(stream) for _ in range(5)]
+    request_id = chunks[0].id
+    assert len(_active(redis_server, slow_worker)) == 1
+    stream.close()  # 2000 steps would take 100 s
+    assert _wait(lambda: not _active(redis_server, slow_worker), 10), "the worker still generates"
+    assert redis_server.client.exists(f"queuechat:cancel:{request_id}")
+    assert redis_server.client.pubsub_numsub(channel_for(request_id))[0][1] == 0
+    assert "cancelled by its client" in slow_worker.log_tail(20_000)
+
+
+def test_a_request_abandoned_while_queued_is_never_generated(gateway, redis_server, slow_worker) -> None:
+    control = _control(redis_server)
+    assert control.cancel_consumer("echo-slow", destination=[slow_worker.name], reply=True, timeout=5)
+    before = set(redis_server.client.scan_iter("queuechat:cancel:*"))
+    body = {"model": "echo-slow", "messages": LONG, "max_tokens": 50}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=1.0)
+    assert _wait(lambda: len(set(redis_server.client.scan_iter("queuechat:cancel:*")) - before) == 1, 10)
+    (key,) = set(redis_server.client.scan_iter("queuechat:cancel:*")) - before
+    request_id = key.decode().rsplit(":", 1)[1]
+    control.add_consumer("echo-slow", destination=[slow_worker.name], reply=True, timeout=5)
+    assert _wait(lambda: f"dropping {request_id}" in slow_worker.log_tail(50_000), 15)
+    assert redis_server.client.llen("echo-slow") == 0
+
+
+def test_killing_the_worker_mid_stream_ends_the_stream_with_an_error(client, redis_server, slow_worker) -> None:
+    stream = client.chat.completions.create(model="echo-slow", messages=LONG, max_tokens=2000, stream=True)
+    for _ in range(3):
+        next(stream)
+    slow_worker.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(openai.APIError) as err:
+        for _ in stream:
+            pass
+    waited = time.monotonic() - killed
+    assert "stopped" in str(err.value.message)
+    assert waited < 15, f"the client waited {waited:.1f} s"  # a hang guard; typically ~4 s (TTL 3 s + 1 s poll)
+    print(f"error reached the client {waited:.1f} s after SIGKILL")
+
+
+def test_no_subscriptions_are_left_behind(redis_server) -> None:
+    assert _wait(lambda: not redis_server.client.pubsub_channels("queuechat:events:*"), 10)

@@ -33,11 +33,11 @@ class Outbox:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, bytes]] = []
+        self._pending: list[tuple[str, bytes, EventPublisher]] = []
 
-    def put(self, channel: str, data: bytes) -> None:
+    def put(self, channel: str, data: bytes, sender: EventPublisher) -> None:
         with self._lock:
-            self._pending.append((channel, data))
+            self._pending.append((channel, data, sender))
 
     def flush(self) -> None:
         with self._lock:
@@ -45,12 +45,16 @@ class Outbox:
         if not pending:
             return
         pipe = self._client.pipeline(transaction=False)
-        for channel, data in pending:
+        for channel, data, _ in pending:
             pipe.publish(channel, data)
         try:
-            pipe.execute()
+            receivers = pipe.execute()
         except redis.RedisError as exc:  # the gateway notices the silence and reports it
             log.warning("could not publish %d events: %s", len(pending), exc)
+            return
+        for (_, _, sender), count in zip(pending, receivers):
+            if count == 0:  # the gateway subscribed before sending: nobody listens any more
+                sender.orphaned = True
 
 
 class EventPublisher:
@@ -60,6 +64,7 @@ class EventPublisher:
         self._outbox: Outbox | None = None
         self._seq = 0
         self.finished = False
+        self.orphaned = False  # an event reached no subscriber: the gateway or its client is gone
 
     def buffered(self, outbox: Outbox) -> EventPublisher:
         """From now on, send through `outbox` (in order: nothing else publishes for this request)."""
@@ -70,7 +75,7 @@ class EventPublisher:
         event = make(seq=self._seq, **fields)
         self._seq += 1
         if self._outbox is not None:
-            self._outbox.put(self._channel, encode_event(event))
+            self._outbox.put(self._channel, encode_event(event), self)
         else:
             self._client.publish(self._channel, encode_event(event))
 

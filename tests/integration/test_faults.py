@@ -94,3 +94,20 @@ def test_killing_the_worker_mid_stream_ends_the_stream_with_an_error(client, red
 
 def test_no_subscriptions_are_left_behind(redis_server) -> None:
     assert _wait(lambda: not redis_server.client.pubsub_channels("queuechat:events:*"), 10)
+
+
+def test_a_gateway_killed_mid_stream_makes_the_worker_stop(env, workdir, redis_server, slow_worker) -> None:
+    """Nobody sets a cancel key then; the worker notices that its events reach no subscriber."""
+    from tests.integration.processes import Gateway
+
+    doomed = Gateway(env, workdir)
+    try:
+        client = openai.OpenAI(base_url=f"{doomed.base_url}/v1", api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(model="echo-slow", messages=LONG, max_tokens=2000, stream=True)
+        for _ in range(3):
+            next(stream)
+        doomed.stop(signal.SIGKILL)
+        assert _wait(lambda: not _active(redis_server, slow_worker), 10), "the worker still generates"
+        assert "no listener left" in slow_worker.log_tail(20_000)
+    finally:
+        doomed.stop(signal.SIGKILL)

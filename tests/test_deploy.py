@@ -107,3 +107,9 @@ def test_dockerfile_copies_files_that_exist_and_fetches_the_default_model() -> N
                 assert (REPO / source).exists(), source
     assert "scripts/fetch_default_model.py" in dockerfile
     assert re.search(r"^USER \w+", dockerfile, re.M), "the image does not run as root"
+
+
+def test_flower_asks_for_basic_auth_taken_from_the_environment() -> None:
+    auth = _arg_after(SERVICES["flower"]["command"], "--basic-auth")
+    assert auth.startswith("${FLOWER_BASIC_AUTH") and ":?" in auth, "required, and interpolated by compose"
+    assert "FLOWER_BASIC_AUTH" not in (REPO / "Dockerfile").read_text()

@@ -73,7 +73,9 @@ class Engine:
         self.slots = max(1, min(slots, self._batch.max_rows))
         self._on_step_end = on_step_end
         # Defaults for a request's unset temperature / top_p: the models file, then the model.
-        self._defaults = {**adapter.default_sampling(), **adapter.spec.defaults.model_dump(exclude_none=True)}
+        chosen = adapter.spec.defaults.model_dump(exclude_none=True, exclude={"max_tokens"})
+        self._defaults = {**adapter.default_sampling(), **chosen}
+        self._default_max_tokens = adapter.spec.defaults.max_tokens
         self._rows: list[Sequence] = []  # in batch row order
         self._waiting: deque[Sequence] = deque()
         self._wake = threading.Condition()
@@ -103,7 +105,7 @@ class Engine:
         seq = Sequence(
             prompt_ids=prompt_ids,
             params=params,
-            limit=min(params.max_tokens or room, room),
+            limit=min(params.max_tokens or self._default_max_tokens or room, room),
             sink=sink,
             detokenizer=self.adapter.detokenizer(prompt_ids),
             stops=StopMatcher(params.stop),

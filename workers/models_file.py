@@ -32,6 +32,7 @@ class SamplingDefaults(BaseModel):
 
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1, description="cap when a request sets none (else: the context)")
 
 
 class ModelSpec(BaseModel):

@@ -254,3 +254,14 @@ def test_models_file_defaults_apply_only_where_the_request_is_silent(tiny_model_
     assert unseeded == [expected] * 3, "no temperature in the request: the models file's 0 applies"
     sampled = {_run(defaulted, ids, SamplingParams(temperature=1.5, max_tokens=12, seed=s))[0] for s in range(6)}
     assert len(sampled) > 1, "the request's own temperature wins over the default"
+
+
+def test_models_file_max_tokens_caps_requests_that_set_none(tiny_model_dir: Path, tmp_path: Path) -> None:
+    spec = ModelSpec(name="tiny", path=tiny_model_dir, device="cpu", defaults={"max_tokens": 5})
+    capped = HfCausalAdapter(spec, tmp_path)
+    capped.load()
+    engine = Engine(capped)
+    ids = engine.prompt_ids(_job(prompt=PROMPT))
+    assert _run(engine, ids, SamplingParams(temperature=0.0))[1].usage.completion_tokens <= 5
+    assert _run(engine, ids, SamplingParams(temperature=0.0, max_tokens=9))[1].usage.completion_tokens > 5
+    engine.close()

@@ -47,3 +47,9 @@ def test_default_model_completes_a_raw_prompt(client: openai.OpenAI, smollm_work
     assert reply.usage.completion_tokens == 5
     assert reply.choices[0].finish_reason == "length"
     assert "smollm2-135m" in {m.id for m in client.models.list()}
+
+
+def test_the_readme_example_with_no_sampling_parameters_mentions_paris(client: openai.OpenAI, smollm_worker) -> None:
+    """What a new user types first: the models file's defaults (greedy, 512 tokens) apply."""
+    stream = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, stream=True)
+    assert "Paris" in "".join(c.choices[0].delta.content or "" for c in stream)

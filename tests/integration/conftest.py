@@ -17,6 +17,14 @@ from tests.conftest import DEFAULT_MODEL_FILE
 from tests.tiny_models import write_models_file
 
 
+def _repo_entry(name: str) -> dict:
+    import yaml
+
+    from workers.settings import DEFAULT_MODELS_FILE
+
+    return dict(yaml.safe_load(DEFAULT_MODELS_FILE.read_text())["models"][name])
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stack")
@@ -37,7 +45,8 @@ def models_file(workdir: Path, tiny_model_dir: Path, tiny_model_dir_b: Path) -> 
             "tiny-a": {"adapter": "hf-causal", "path": tiny_model_dir},
             "tiny-b": {"adapter": "hf-causal", "path": tiny_model_dir_b},
             "tiny-idle": {"adapter": "hf-causal", "path": tiny_model_dir},
-            "smollm2-135m": {"adapter": "hf-causal", "path": DEFAULT_MODEL_FILE},
+            # as the repo's models.yaml has it (defaults included), with an absolute path
+            "smollm2-135m": {**_repo_entry("smollm2-135m"), "path": DEFAULT_MODEL_FILE},
             # model-free and slow (50 ms a step): for cancellation and fault tests
             "echo-slow": {"adapter": "echo", "slots": 4, "options": {"step_delay": 0.05}},
         },

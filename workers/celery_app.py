@@ -32,9 +32,11 @@ def make_celery(settings: WorkerSettings | None = None) -> QueueChatCelery:
         # not survive fork), and the consumer keeps heartbeating while a task generates.
         worker_pool="threads",
         worker_concurrency=1,  # raised to the models' batch slots at start-up (workers/lifecycle.py)
-        # A restored unacknowledged task (worker killed) comes back only after this; by then
-        # its expiry has passed and it is dropped rather than generated twice.
-        broker_transport_options={"visibility_timeout": max(3600, int(settings.task_expiry * 2))},
+        # No ack emulation in Redis: a task taken by a worker that dies is not restored and
+        # generated twice (the gateway reports the dead worker instead: at most once), and the
+        # worker survives a Redis restart (kombu 5.7 crashes restoring unacked tasks when the
+        # connection is lost). Late acks still make the pool's size the prefetch limit.
+        broker_transport_options={"ack_emulation": False},
         worker_send_task_events=True,  # for Flower
         task_send_sent_event=True,
         broker_connection_retry_on_startup=True,

@@ -61,12 +61,16 @@ def _generate(state: WorkerState, job: GenerateJob, publisher: EventPublisher) -
     # From here on the engine publishes this request's events (batched per decode step); this
     # thread only watches for the client leaving.
     seq = engine.submit(prompt_ids, job.params, publisher.buffered(state.outbox))
-    while not seq.finished.wait(CANCEL_POLL_SECONDS):
-        if seq.cancelled:
-            continue
-        if publisher.orphaned:
-            log.info("request %s has no listener left (gateway gone?); stopping it", job.request_id)
-            engine.cancel(seq)
-        elif state.redis.exists(cancel_key):
-            log.info("request %s cancelled by its client", job.request_id)
-            engine.cancel(seq)
+    try:
+        while not seq.finished.wait(CANCEL_POLL_SECONDS):
+            if seq.cancelled:
+                continue
+            if publisher.orphaned:
+                log.info("request %s has no listener left (gateway gone?); stopping it", job.request_id)
+                engine.cancel(seq)
+            elif state.redis.exists(cancel_key):
+                log.info("request %s cancelled by its client", job.request_id)
+                engine.cancel(seq)
+    except redis.RedisError:
+        engine.cancel(seq)  # nobody can receive its events; free the slot
+        raise

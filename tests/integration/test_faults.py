@@ -6,6 +6,7 @@ be interrupted."""
 from __future__ import annotations
 
 import signal
+from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Iterator
 
@@ -111,3 +112,21 @@ def test_a_gateway_killed_mid_stream_makes_the_worker_stop(env, workdir, redis_s
         assert "no listener left" in slow_worker.log_tail(20_000)
     finally:
         doomed.stop(signal.SIGKILL)
+
+
+def test_a_worker_takes_only_as_many_tasks_as_it_has_slots(client, redis_server, slow_worker) -> None:
+    """echo-slow has 4 slots: of 6 long requests, 4 run and 2 wait, visible, in its Redis list."""
+    streams = [client.chat.completions.create(model="echo-slow", messages=LONG, max_tokens=2000, stream=True)
+               for _ in range(4)]  # fmt: skip
+    for stream in streams:
+        next(stream)
+    with ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(client.chat.completions.create, model="echo-slow", messages=LONG, max_tokens=2)
+                   for _ in range(2)]  # fmt: skip
+        assert _wait(lambda: redis_server.client.llen("echo-slow") == 2, 10)
+        time.sleep(1)
+        assert redis_server.client.llen("echo-slow") == 2, "the worker prefetched beyond its slots"
+        assert len(_active(redis_server, slow_worker)) == 4
+        for stream in streams:
+            stream.close()
+        assert all(f.result(timeout=30).choices[0].message.content == "a " for f in waiting)

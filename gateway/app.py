@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.errors import install_error_handlers
 from gateway.registry import Registry
@@ -25,7 +25,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.redis_url)
+        # One connection per in-flight request (its subscription); when all are taken, wait a
+        # little for one instead of failing (redis-py's default pool stops at 100).
+        pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
+                                               timeout=10)  # fmt: skip
+        redis = Redis(connection_pool=pool)
         celery = make_celery(WorkerSettings(redis_url=settings.redis_url, task_expiry=settings.queue_timeout))
         registry = Registry(redis, known_models, settings.heartbeat_ttl)
         app.state.redis = redis
@@ -36,6 +40,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             yield
         finally:
             await redis.aclose()
+            await pool.disconnect()
             celery.close()
 
     app = FastAPI(title="QueueChat", version="0.1.0", lifespan=lifespan)

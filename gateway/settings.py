@@ -17,6 +17,10 @@ class GatewaySettings(QueueSettings):
     )
     idle_timeout: float = Field(60.0, gt=0, description="longest silence from a worker mid-request")
 
+    redis_max_connections: int = Field(
+        4096, ge=16, description="each in-flight request holds one (its pub/sub subscription)"
+    )
+
     # Security and limits
     api_keys: str = Field("", description="comma-separated API keys; empty: no key needed")
     api_keys_file: Path | None = Field(None, description="a file with one API key per line")

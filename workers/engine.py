@@ -83,6 +83,11 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name=f"engine-{adapter.spec.name}", daemon=True)
         self._thread.start()
 
+    @property
+    def free_slots(self) -> int:
+        """Slots neither decoding nor about to join (a snapshot, for heartbeats)."""
+        return max(0, self.slots - len(self._rows) - len(self._waiting))
+
     # ---- called from request threads -------------------------------------------------------
 
     def prompt_ids(self, job: GenerateJob) -> list[int]:

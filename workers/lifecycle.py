@@ -17,7 +17,7 @@ from adapters import ModelLoadError, adapter_class
 from workers.celery_app import QueueChatCelery
 from workers.engine import Engine
 from workers.models_file import load_models_file
-from workers.protocol import MODELS_SEEN_KEY, live_workers_key
+from workers.protocol import MODELS_SEEN_KEY, live_workers_key, slots_key
 from workers.publisher import Outbox
 from workers.settings import WorkerSettings
 
@@ -45,8 +45,9 @@ class WorkerState:
         seconds, micros = self.redis.time()
         now = seconds + micros / 1e6
         pipe = self.redis.pipeline(transaction=False)
-        for model in self.engines:
+        for model, engine in self.engines.items():
             pipe.zadd(live_workers_key(model), {self.worker_id: now})
+            pipe.hset(slots_key(model), self.worker_id, f"{engine.free_slots}/{engine.slots}")
             pipe.zremrangebyscore(live_workers_key(model), "-inf", now - 10 * self.settings.heartbeat_ttl)
             pipe.sadd(MODELS_SEEN_KEY, model)
         pipe.execute()
@@ -70,6 +71,7 @@ class WorkerState:
         try:
             for model in self.engines:
                 self.redis.zrem(live_workers_key(model), self.worker_id)
+                self.redis.hdel(slots_key(model), self.worker_id)
         except redis.RedisError as exc:
             log.warning("could not withdraw from the registry: %s", exc)
 

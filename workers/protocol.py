@@ -32,6 +32,11 @@ def live_workers_key(model: str) -> str:
     return f"{KEY_PREFIX}live:{model}"
 
 
+def slots_key(model: str) -> str:
+    """Hash worker id -> "free/total" batch slots for `model`, refreshed with every heartbeat."""
+    return f"{KEY_PREFIX}slots:{model}"
+
+
 MODELS_SEEN_KEY = f"{KEY_PREFIX}models"  # set of every model name a worker has announced
 
 

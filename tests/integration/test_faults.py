@@ -130,3 +130,17 @@ def test_a_worker_takes_only_as_many_tasks_as_it_has_slots(client, redis_server,
         for stream in streams:
             stream.close()
         assert all(f.result(timeout=30).choices[0].message.content == "a " for f in waiting)
+
+
+def test_afterwards_every_live_worker_reports_all_its_slots_free(redis_server, workers) -> None:
+    from workers.protocol import slots_key
+
+    def all_free() -> bool:
+        reports = {}
+        for model in ("tiny-a", "tiny-b"):
+            for worker, value in redis_server.client.hgetall(slots_key(model)).items():
+                reports[(model, worker.decode())] = value.decode()
+        live = {(q, w.name) for w in workers.values() for q in w.queues}
+        return live <= set(reports) and all(reports[k] == "8/8" for k in live)
+
+    assert _wait(all_free, 10), redis_server.client.hgetall("queuechat:slots:tiny-a")

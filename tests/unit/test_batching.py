@@ -143,6 +143,7 @@ def test_a_request_arriving_while_fifteen_run_streams_before_they_finish(adapter
     for sink in running:
         _wait_for_tokens(sink, 1)
     assert all(s.finished is None for s in running)
+    assert batched.free_slots == 1  # 15 of 16 slots decode
     late = RecordingSink()
     seq = batched.submit(_ids(adapter, PROMPTS[1]), SamplingParams(temperature=0.0, max_tokens=3), late)
     assert seq.finished.wait(60)

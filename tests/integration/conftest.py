@@ -49,6 +49,8 @@ def models_file(workdir: Path, tiny_model_dir: Path, tiny_model_dir_b: Path) -> 
             "smollm2-135m": {**_repo_entry("smollm2-135m"), "path": DEFAULT_MODEL_FILE},
             # model-free and slow (50 ms a step): for cancellation and fault tests
             "echo-slow": {"adapter": "echo", "slots": 4, "options": {"step_delay": 0.05}},
+            # a worker that goes silent mid-request (4 s a step): for timeout tests
+            "echo-stuck": {"adapter": "echo", "slots": 2, "options": {"step_delay": 4.0}},
         },
     )
 

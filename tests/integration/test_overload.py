@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 
 import httpx
 
 from tests.integration.processes import Gateway, Worker
 
 CLIENTS = 200
+
+
+def _control(redis_server):
+    from workers.celery_app import make_celery
+    from workers.settings import WorkerSettings
+
+    return make_celery(WorkerSettings(redis_url=redis_server.url)).control
 
 
 async def _one(client: httpx.AsyncClient, url: str) -> tuple[int, bool]:
@@ -34,12 +42,22 @@ def test_two_hundred_clients_get_a_stream_or_a_429_and_nothing_hangs(env, workdi
     try:
         worker.wait_live(redis_server.client)
         gateway = Gateway({**env, "QUEUECHAT_MAX_QUEUE": "32"}, workdir)
+        # The worker's consumer is paused during the storm, so the backlog surely fills up
+        # (however fast this machine drains it), then resumed to serve what was admitted.
+        control = _control(redis_server)
+        assert control.cancel_consumer("echo-slow", destination=[worker.name], reply=True, timeout=5)
 
         async def storm() -> list[tuple[int, bool]]:
             limits = httpx.Limits(max_connections=CLIENTS)
             async with httpx.AsyncClient(timeout=120, limits=limits) as client:
                 url = f"{gateway.base_url}/v1/chat/completions"
-                return await asyncio.gather(*(_one(client, url) for _ in range(CLIENTS)))
+                tasks = [asyncio.create_task(_one(client, url)) for _ in range(CLIENTS)]
+                deadline = time.monotonic() + 30
+                while sum(t.done() for t in tasks) < CLIENTS - 40 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                await asyncio.to_thread(control.add_consumer, "echo-slow", destination=[worker.name], reply=True,
+                                        timeout=5)  # fmt: skip
+                return await asyncio.gather(*tasks)
 
         outcomes = asyncio.run(asyncio.wait_for(storm(), 180))
         statuses = [status for status, _ in outcomes]

@@ -47,10 +47,9 @@ def _model_folder(model: str, models_file: Path) -> Path:
 def bench_model(args: argparse.Namespace) -> None:
     folder = _model_folder(args.model, args.models_file)
     print(f"baseline: transformers generate in-process on {folder.name} ...", flush=True)
-    baseline = base.measure(folder, args.max_tokens, [c for c in args.concurrency if c > 1])
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer, model = base.load(folder)
+    baseline = base.measure(tokenizer, model, args.max_tokens, [c for c in args.concurrency if c > 1])
+    del model  # the worker loads its own copy; free this one before the stack starts
     gc.collect()
     count = lambda text: base.count_tokens(tokenizer, text)  # noqa: E731
     targets = [("queuechat", None, args.model)] + ([("compare", args.compare_url, args.compare_model)]

@@ -47,8 +47,7 @@ def _generate(tokenizer, model, prompts: list[str], max_tokens: int) -> tuple[fl
     return elapsed, sum(count_tokens(tokenizer, t) for t in texts)
 
 
-def measure(folder: Path, max_tokens: int, batch_sizes: list[int], singles: int = 4) -> Baseline:
-    tokenizer, model = load(folder)
+def measure(tokenizer, model, max_tokens: int, batch_sizes: list[int], singles: int = 4) -> Baseline:
     _generate(tokenizer, model, _prompts(tokenizer, 1), 4)  # warm-up
     ttfts, seconds, tokens = [], 0.0, 0
     for prompt in _prompts(tokenizer, singles):

@@ -153,7 +153,7 @@ class EventStream:
                     raise InternalError("A worker sent a malformed event.", code="bad_event") from exc
             if time.monotonic() > deadline:
                 what = "produced nothing" if self._worker else "was not started by any worker"
-                raise ServiceUnavailable(f"The request {what} within {limit:.0f} s.", code="timeout")
+                raise ServiceUnavailable(f"The request {what} within {limit:g} s.", code="timeout")
             await self._check_workers()
             await self._check_client()
 

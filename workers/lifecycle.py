@@ -44,11 +44,17 @@ class WorkerState:
         same clock, so hosts with skewed clocks still agree on who is alive)."""
         seconds, micros = self.redis.time()
         now = seconds + micros / 1e6
+        forgotten = now - 10 * self.settings.heartbeat_ttl  # long dead (killed, not withdrawn): tidy up
         pipe = self.redis.pipeline(transaction=False)
+        for model in self.engines:
+            pipe.zrangebyscore(live_workers_key(model), "-inf", forgotten)
+        dead = dict(zip(self.engines, pipe.execute()))
         for model, engine in self.engines.items():
             pipe.zadd(live_workers_key(model), {self.worker_id: now})
             pipe.hset(slots_key(model), self.worker_id, f"{engine.free_slots}/{engine.slots}")
-            pipe.zremrangebyscore(live_workers_key(model), "-inf", now - 10 * self.settings.heartbeat_ttl)
+            if dead[model]:
+                pipe.zrem(live_workers_key(model), *dead[model])
+                pipe.hdel(slots_key(model), *dead[model])
             pipe.sadd(MODELS_SEEN_KEY, model)
         pipe.execute()
 

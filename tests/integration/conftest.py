@@ -87,3 +87,8 @@ def client(gateway: Gateway) -> openai.OpenAI:
 @pytest.fixture
 def async_client(gateway: Gateway) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked after_suite inspect what the others left behind: run them last."""
+    items.sort(key=lambda item: item.get_closest_marker("after_suite") is not None)

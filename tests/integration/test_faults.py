@@ -93,10 +93,6 @@ def test_killing_the_worker_mid_stream_ends_the_stream_with_an_error(client, red
     print(f"error reached the client {waited:.1f} s after SIGKILL")
 
 
-def test_no_subscriptions_are_left_behind(redis_server) -> None:
-    assert _wait(lambda: not redis_server.client.pubsub_channels("queuechat:events:*"), 10)
-
-
 def test_a_gateway_killed_mid_stream_makes_the_worker_stop(env, workdir, redis_server, slow_worker) -> None:
     """Nobody sets a cancel key then; the worker notices that its events reach no subscriber."""
     from tests.integration.processes import Gateway
@@ -130,17 +126,3 @@ def test_a_worker_takes_only_as_many_tasks_as_it_has_slots(client, redis_server,
         for stream in streams:
             stream.close()
         assert all(f.result(timeout=30).choices[0].message.content == "a " for f in waiting)
-
-
-def test_afterwards_every_live_worker_reports_all_its_slots_free(redis_server, workers) -> None:
-    from workers.protocol import slots_key
-
-    def all_free() -> bool:
-        reports = {}
-        for model in ("tiny-a", "tiny-b"):
-            for worker, value in redis_server.client.hgetall(slots_key(model)).items():
-                reports[(model, worker.decode())] = value.decode()
-        live = {(q, w.name) for w in workers.values() for q in w.queues}
-        return live <= set(reports) and all(reports[k] == "8/8" for k in live)
-
-    assert _wait(all_free, 10), redis_server.client.hgetall("queuechat:slots:tiny-a")

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: run test venv model unit integration bench clean
+.PHONY: run test venv model unit integration bench soak clean
 
 run: venv model
 	$(PY) scripts/run_stack.py
@@ -26,6 +26,11 @@ integration: venv model
 bench: venv model
 	$(PY) -m bench
 	$(PY) -m bench --echo --max-tokens 256
+
+# Mixed traffic for MINUTES, then a leak report (RSS, threads, files, Redis keys); not a test.
+MINUTES ?= 10
+soak: venv model
+	$(PY) -m bench.soak --minutes $(MINUTES)
 
 venv: $(VENV)/.installed
 

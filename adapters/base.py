@@ -111,5 +111,9 @@ class ModelAdapter(ABC):
         return {}
 
     @abstractmethod
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """Each token on its own, as text (for logprobs)."""
+
+    @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` as this model counts them."""

@@ -84,6 +84,9 @@ class EchoAdapter(ModelAdapter):
     def count_tokens(self, text: str) -> int:
         return len(text.encode())
 
+    def token_texts(self, ids: list[int]) -> list[str]:
+        return [bytes([i]).decode("utf-8", "replace") if i < 256 else "" for i in ids]
+
     def new_batch(self) -> EchoBatch:
         return EchoBatch(float(self.spec.options.get("step_delay", 0.0)))
 

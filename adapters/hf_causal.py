@@ -137,6 +137,9 @@ class HfCausalAdapter(ModelAdapter):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
+    def token_texts(self, ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+
     @property
     def eos_ids(self) -> frozenset[int]:
         return self._eos_ids

@@ -30,11 +30,12 @@ def rss_mb(pid: int) -> float:
 
 
 class Stack:
-    def __init__(self, model: str, models_file: Path, logdir: Path) -> None:
+    def __init__(self, model: str, models_file: Path, logdir: Path, env: dict[str, str] | None = None) -> None:
         self.model = model
         redis_port, gateway_port = _free_port(), _free_port()
+        self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
         env = dict(os.environ, QUEUECHAT_MODELS_FILE=str(models_file), PYTHONUNBUFFERED="1",
-                   QUEUECHAT_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")  # fmt: skip
+                   QUEUECHAT_REDIS_URL=self.redis_url, **(env or {}))  # fmt: skip
         logdir.mkdir(parents=True, exist_ok=True)
         self.url = f"http://127.0.0.1:{gateway_port}/v1"
         self.procs: dict[str, subprocess.Popen] = {}

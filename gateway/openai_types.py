@@ -19,20 +19,16 @@ from workers.protocol import ChatMessage, GenerateJob, SamplingParams
 MAX_STOP_SEQUENCES = 4
 
 
-# Not implemented yet (issue 6); accepted only at these neutral values.
+MAX_CHOICES = 64  # n times the number of prompts: each choice is a job of its own
+
+# Not implemented; accepted only at these neutral values.
 _NEUTRAL_VALUES: dict[str, Any] = {
-    "n": 1,
-    "presence_penalty": 0,
-    "frequency_penalty": 0,
-    "logprobs": False,
-    "top_logprobs": None,
     "logit_bias": None,
     "tools": None,
     "tool_choice": None,
     "functions": None,
     "function_call": None,
     "best_of": 1,
-    "echo": False,
     "suffix": None,
 }
 
@@ -67,12 +63,15 @@ class _GenerationRequest(BaseModel):
     model: Annotated[str, Field(min_length=1)]
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1, description="extension (as vLLM): sample among the k likeliest; -1 or 0: off")
     max_tokens: int | None = Field(None, ge=1)
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=128)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     user: str | None = None
 
     @model_validator(mode="before")
@@ -87,12 +86,31 @@ class _GenerationRequest(BaseModel):
                 raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
         return data
 
-    def sampling_params(self, max_tokens: int | None) -> SamplingParams:
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         temperature, top_p = self.temperature, self.top_p  # None: the model's default
         if top_p == 0.0:  # only the most likely token survives: that is greedy decoding
             temperature, top_p = 0.0, None
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop), seed=self.seed)
+        return SamplingParams(
+            temperature=temperature, top_p=top_p, top_k=self.top_k if self.top_k and self.top_k > 0 else None,
+            max_tokens=max_tokens, stop=tuple(stop), seed=self.seed, presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0, logprobs=logprobs,
+        )  # fmt: skip
+
+    def _jobs(self, prefix: str, queue_timeout: float, prompts: list[dict[str, Any]],
+              params: SamplingParams) -> list[GenerateJob]:  # fmt: skip
+        """One job per choice: each prompt `n` times.  With a seed, choice j samples with seed + j,
+        so the n choices differ yet the same request gives the same choices."""
+        base = _new_job_fields(prefix, self.model, queue_timeout)
+        count = len(prompts) * self.n
+        if count > MAX_CHOICES:
+            raise InvalidRequest(f"n times the number of prompts may be at most {MAX_CHOICES}.", param="n")
+        jobs = []
+        for k in range(count):
+            seed = None if params.seed is None else params.seed + k % self.n
+            fields = {**base, "request_id": base["request_id"] if count == 1 else f"{base['request_id']}-{k}"}
+            jobs.append(GenerateJob(**prompts[k // self.n], params=params.model_copy(update={"seed": seed}), **fields))
+        return jobs
 
     def _check_common_limits(self, limits: GatewaySettings, prompt_chars: int, prompt_param: str) -> None:
         for name in ("max_tokens", "max_completion_tokens"):
@@ -117,27 +135,47 @@ def _new_job_fields(prefix: str, model: str, queue_timeout: float) -> dict[str, 
 class CreateChatCompletionRequest(_GenerationRequest):
     messages: Annotated[list[ChatCompletionRequestMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> CreateChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+        return self
 
     def check_limits(self, limits: GatewaySettings) -> None:
         if len(self.messages) > limits.max_messages:
             raise InvalidRequest(f"At most {limits.max_messages} messages are accepted.", param="messages")
         self._check_common_limits(limits, sum(len(m.text()) for m in self.messages), "messages")
 
-    def to_job(self, queue_timeout: float) -> GenerateJob:
+    def to_jobs(self, queue_timeout: float) -> list[GenerateJob]:
         messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in self.messages)
-        params = self.sampling_params(self.max_completion_tokens or self.max_tokens)
-        return GenerateJob(messages=messages, params=params, **_new_job_fields("chatcmpl", self.model, queue_timeout))
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        params = self.sampling_params(self.max_completion_tokens or self.max_tokens, logprobs)
+        return self._jobs("chatcmpl", queue_timeout, [{"messages": messages}], params)
 
 
 class CreateCompletionRequest(_GenerationRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool | None = False
+
+    @model_validator(mode="after")
+    def _echo_without_logprobs(self) -> CreateCompletionRequest:
+        if self.echo and self.logprobs is not None:
+            raise InvalidRequest("'echo' together with 'logprobs' (logprobs of the prompt) is not supported.",
+                                 param="echo")  # fmt: skip
+        return self
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
     def check_limits(self, limits: GatewaySettings) -> None:
-        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-        self._check_common_limits(limits, len(prompt), "prompt")
+        self._check_common_limits(limits, sum(len(p) for p in self.prompts), "prompt")
 
-    def to_job(self, queue_timeout: float) -> GenerateJob:
-        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-        params = self.sampling_params(self.max_tokens)
-        return GenerateJob(prompt=prompt, params=params, **_new_job_fields("cmpl", self.model, queue_timeout))
+    def to_jobs(self, queue_timeout: float) -> list[GenerateJob]:
+        params = self.sampling_params(self.max_tokens, self.logprobs)
+        return self._jobs("cmpl", queue_timeout, [{"prompt": p} for p in self.prompts], params)

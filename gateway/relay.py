@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -46,6 +47,7 @@ class Relay:
                  max_queue: int | None = None) -> None:  # fmt: skip
         self.redis = redis
         self.max_queue = max_queue
+        self._sending: Counter[str] = Counter()  # admitted here, not yet in the model's Redis list
         self.celery = celery
         self.registry = registry
         self.queue_timeout = queue_timeout
@@ -56,26 +58,36 @@ class Relay:
         `client_gone` is asked while waiting: a client that left is not waited for."""
         try:
             await self.registry.require_live(job.model)
-            await self._check_backlog(job.model)
-            pubsub = self.redis.pubsub()
-            stream = EventStream(self, pubsub, job, client_gone)
+            await self._admit(job.model)  # counted in _sending until it is in the list
             try:
-                await pubsub.subscribe(channel_for(job.request_id))
-                await _confirmed(pubsub)
-                await anyio.to_thread.run_sync(partial(self._send, job))
-            except BaseException:
-                await stream.aclose()
-                raise
+                pubsub = self.redis.pubsub()
+                stream = EventStream(self, pubsub, job, client_gone)
+                try:
+                    await pubsub.subscribe(channel_for(job.request_id))
+                    await _confirmed(pubsub)
+                    await anyio.to_thread.run_sync(partial(self._send, job))
+                except BaseException:
+                    await stream.aclose()
+                    raise
+            finally:
+                self._sending[job.model] -= 1
         except redis.exceptions.RedisError as exc:
             raise ServiceUnavailable(f"The queue is unreachable: {exc}", code="queue_unavailable") from exc
         return stream
 
-    async def _check_backlog(self, model: str) -> None:
-        """429 once `max_queue` requests already wait in the model's queue (a Redis list)."""
+    async def _admit(self, model: str) -> None:
+        """429 once `max_queue` requests already wait in the model's queue (a Redis list), counting
+        those this gateway is still sending, so a burst cannot slip in between LLEN and the push."""
+        self._sending[model] += 1
         if self.max_queue is None:
             return
-        waiting = await self.redis.llen(model)
+        try:
+            waiting = await self.redis.llen(model) + self._sending[model] - 1
+        except BaseException:
+            self._sending[model] -= 1
+            raise
         if waiting >= self.max_queue:
+            self._sending[model] -= 1
             raise RateLimited(
                 f"Too many requests are waiting for model '{model}' ({waiting}); retry shortly.",
                 headers={"Retry-After": "1"},

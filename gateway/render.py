@@ -1,22 +1,40 @@
-"""Worker events -> OpenAI responses: SSE chunks or one JSON body.  One loop, two formats."""
+"""Worker events -> OpenAI responses: SSE chunks or one JSON body.  One loop, two formats.
+
+A response has one or more choices (`n`, or several completion prompts); each choice is one job
+with its own event stream.  Choices stream interleaved, each chunk naming its `index`.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from gateway.errors import APIError, InternalError, from_event
-from gateway.relay import EventStream
-from workers.protocol import DoneEvent, ErrorEvent, TokenEvent, Usage
+from gateway.fanout import Choices
+from workers.protocol import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob, Usage
 
 
 class Format(Enum):
     CHAT = "chat.completion"
     TEXT = "text_completion"
+
+
+@dataclass
+class ChoiceState:
+    """What one choice has produced so far."""
+
+    index: int
+    prefix: str = ""  # completions with echo: the prompt, sent before the first generated text
+    logprobs: bool = False
+    parts: list[str] = field(default_factory=list)
+    entries: list[TokenLogprob] = field(default_factory=list)
+    offset: int = 0  # characters so far, for the completions' text_offset
+    finish_reason: str | None = None
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True)
@@ -43,21 +61,46 @@ class Envelope:
             body["usage"] = usage_dict(usage)
         return body
 
-    def delta(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict[str, Any]:
+    def logprobs(self, choice: ChoiceState, entries: Sequence[TokenLogprob]) -> dict[str, Any] | None:
+        if not choice.logprobs:
+            return None
+        if self.fmt is Format.CHAT:
+            return {"content": [_chat_logprob(e) for e in entries], "refusal": None}
+        offsets = []
+        for entry in entries:
+            offsets.append(choice.offset)
+            choice.offset += len(entry.token)
+        return {
+            "tokens": [e.token for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries],
+            "text_offset": offsets,
+        }
+
+    def delta(self, choice: ChoiceState, text: str | None, finish_reason: str | None = None, role: bool = False,
+              entries: Sequence[TokenLogprob] = ()) -> dict[str, Any]:  # fmt: skip
         """One streamed choice."""
+        logprobs = self.logprobs(choice, entries) if entries else None
         if self.fmt is Format.TEXT:
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            return {"index": choice.index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         delta: dict[str, Any] = {"role": "assistant"} if role else {}
         if text is not None:
             delta["content"] = text
-        return {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return {"index": choice.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
 
-    def whole(self, text: str, finish_reason: str) -> dict[str, Any]:
+    def whole(self, choice: ChoiceState) -> dict[str, Any]:
         """One complete choice."""
+        text = choice.prefix + "".join(choice.parts)
+        logprobs = self.logprobs(choice, choice.entries)
         if self.fmt is Format.TEXT:
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            return {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
         message = {"role": "assistant", "content": text, "refusal": None}
-        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": choice.index, "message": message, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+
+
+def _chat_logprob(entry: TokenLogprob) -> dict[str, Any]:
+    top = [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in entry.top]
+    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.bytes), "top_logprobs": top}
 
 
 def usage_dict(usage: Usage) -> dict[str, int]:
@@ -68,39 +111,61 @@ def usage_dict(usage: Usage) -> dict[str, int]:
     }
 
 
+def total_usage(choices: Sequence[ChoiceState], prompt_of: Sequence[int]) -> Usage:
+    """Prompt tokens once per distinct prompt (not per `n` copy), completion tokens of every choice."""
+    prompts: dict[int, int] = {}
+    completion = 0
+    for choice in choices:
+        assert choice.usage is not None
+        prompts[prompt_of[choice.index]] = choice.usage.prompt_tokens
+        completion += choice.usage.completion_tokens
+    return Usage(prompt_tokens=sum(prompts.values()), completion_tokens=completion)
+
+
 def _dump(body: dict[str, Any]) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-async def sse_stream(events: EventStream, env: Envelope, include_usage: bool) -> AsyncIterator[str]:
-    """The `data:` payloads of a streamed response, ending with `[DONE]`; closes `events`."""
+async def sse_stream(choices: Choices, env: Envelope, states: list[ChoiceState], include_usage: bool,
+                     prompt_of: Sequence[int]) -> AsyncIterator[str]:  # fmt: skip
+    """The `data:` payloads of a streamed response, ending with `[DONE]`; closes `choices`."""
     try:
-        async with events:
-            if env.fmt is Format.CHAT:
-                yield _dump(env.wrap([env.delta("", role=True)], chunk=True))
-            async for event in events:
+        async with choices:
+            for state in states:
+                if env.fmt is Format.CHAT or state.prefix:
+                    role = env.fmt is Format.CHAT
+                    yield _dump(env.wrap([env.delta(state, state.prefix or ("" if role else None), role=role)],
+                                         chunk=True))  # fmt: skip
+            async for index, event in choices:
+                state = states[index]
                 if isinstance(event, TokenEvent):
-                    yield _dump(env.wrap([env.delta(event.text)], chunk=True))
+                    yield _dump(env.wrap([env.delta(state, event.text, entries=event.logprobs or ())], chunk=True))
                 elif isinstance(event, DoneEvent):
-                    yield _dump(env.wrap([env.delta(None, event.finish_reason)], chunk=True))
-                    if include_usage:
-                        yield _dump(env.wrap([], chunk=True, usage=event.usage))
+                    state.usage = event.usage
+                    yield _dump(env.wrap([env.delta(state, None, event.finish_reason)], chunk=True))
                 elif isinstance(event, ErrorEvent):
                     yield _dump(from_event(event).body())
+                    break
+            else:
+                if include_usage:
+                    yield _dump(env.wrap([], chunk=True, usage=total_usage(states, prompt_of)))
     except APIError as exc:
         yield _dump(exc.body())
     yield "[DONE]"
 
 
-async def collect(events: EventStream, env: Envelope) -> dict[str, Any]:
+async def collect(choices: Choices, env: Envelope, states: list[ChoiceState], prompt_of: Sequence[int]) -> dict[str, Any]:
     """The whole response as one body; raises the APIError a worker reported."""
-    parts: list[str] = []
-    async with events:
-        async for event in events:
+    async with choices:
+        async for index, event in choices:
+            state = states[index]
             if isinstance(event, TokenEvent):
-                parts.append(event.text)
+                state.parts.append(event.text)
+                state.entries.extend(event.logprobs or ())
             elif isinstance(event, DoneEvent):
-                return env.wrap([env.whole("".join(parts), event.finish_reason)], chunk=False, usage=event.usage)
+                state.finish_reason, state.usage = event.finish_reason, event.usage
             elif isinstance(event, ErrorEvent):
                 raise from_event(event)
-    raise InternalError("The worker ended the response without finishing it.")
+    if any(state.usage is None for state in states):
+        raise InternalError("The worker ended the response without finishing it.")
+    return env.wrap([env.whole(s) for s in states], chunk=False, usage=total_usage(states, prompt_of))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -20,9 +20,9 @@ import torch
 
 from adapters import ContextLengthExceeded, EmptyPrompt, ModelAdapter
 from adapters.base import Detokenizer
-from adapters.sampling import make_generator, next_token
+from adapters.sampling import apply_penalties, logprobs_of, make_generator, next_token
 from adapters.stops import StopMatcher
-from workers.protocol import ErrorCode, GenerateJob, SamplingParams, Usage
+from workers.protocol import ErrorCode, GenerateJob, SamplingParams, TokenLogprob, TopLogprob, Usage
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ FinishReason = Literal["stop", "length"]
 class Sink(Protocol):
     """Where one request's results go (an EventPublisher in the worker)."""
 
-    def token(self, text: str) -> None: ...
+    def token(self, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> None: ...
 
     def done(self, finish_reason: FinishReason, usage: Usage) -> None: ...
 
@@ -62,6 +62,7 @@ class Sequence:
     generator: torch.Generator | None
     produced: int = 0
     last_token: int = -1
+    counts: Counter[int] = field(default_factory=Counter)  # generated tokens, for penalties
     cancelled: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
 
@@ -203,8 +204,9 @@ class Engine:
             if seq.cancelled:
                 self._fail(seq, "cancelled", "the client cancelled the request")
             else:
-                token = greedy[i] if seq.params.greedy else next_token(logits[i], seq.params, seq.generator)
-                if not self._accept(seq, token):
+                token = self._choose(seq, logits[i], greedy[i])
+                logprob = self._logprob(logits[i], token, seq.params.logprobs)
+                if not self._accept(seq, token, logprob):
                     continue
             done.append(offset + i)
         if done:
@@ -212,10 +214,29 @@ class Engine:
             gone = set(done)
             self._rows = [s for i, s in enumerate(self._rows) if i not in gone]
 
-    def _accept(self, seq: Sequence, token: int) -> bool:
+    @staticmethod
+    def _choose(seq: Sequence, logits: torch.Tensor, argmax: int) -> int:
+        params = seq.params
+        if params.penalized:
+            logits = apply_penalties(logits, seq.counts, params)
+            return int(torch.argmax(logits)) if params.greedy else next_token(logits, params, seq.generator)
+        return argmax if params.greedy else next_token(logits, params, seq.generator)
+
+    def _logprob(self, logits: torch.Tensor, token: int, top: int | None) -> TokenLogprob | None:
+        if top is None:
+            return None
+        chosen, alternatives = logprobs_of(logits, token, top)
+        texts = self.adapter.token_texts([token, *(i for i, _ in alternatives)])
+        entry = lambda text, lp: {"token": text, "logprob": lp, "bytes": tuple(text.encode())}  # noqa: E731
+        top_entries = tuple(TopLogprob(**entry(t, lp)) for t, (_, lp) in zip(texts[1:], alternatives))
+        return TokenLogprob(**entry(texts[0], chosen), top=top_entries)
+
+    def _accept(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> bool:
         """Take one generated token; emit its text; return True when the sequence is finished."""
         seq.produced += 1
         seq.last_token = token
+        if seq.params.penalized:
+            seq.counts[token] += 1
         eos = token in self.adapter.eos_ids
         text = seq.stops.push(seq.detokenizer.flush() if eos else seq.detokenizer.push(token))
         finish: FinishReason | None = "stop" if eos or seq.stops.stopped else None
@@ -224,8 +245,8 @@ class Engine:
             finish = "stop" if seq.stops.stopped else "length"
         if finish is not None and not seq.stops.stopped:
             text += seq.stops.flush()
-        if text:
-            seq.sink.token(text)
+        if text or logprob is not None:
+            seq.sink.token(text, (logprob,) if logprob is not None else None)
         if finish is not None:
             seq.sink.done(finish, Usage(prompt_tokens=len(seq.prompt_ids), completion_tokens=seq.produced))
             seq.finished.set()
@@ -245,7 +266,7 @@ class _QueueSink:
     def __init__(self) -> None:
         self.items: queue.Queue[str | Finished | Exception] = queue.Queue()
 
-    def token(self, text: str) -> None:
+    def token(self, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> None:
         self.items.put(text)
 
     def done(self, finish_reason: FinishReason, usage: Usage) -> None:

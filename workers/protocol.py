@@ -57,13 +57,21 @@ class SamplingParams(_Frozen):
 
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1, description="sample only among the k likeliest tokens")
     max_tokens: int | None = Field(None, ge=1)
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logprobs: int | None = Field(None, ge=0, le=20, description="None: none; k: the chosen token's and k alternatives'")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty)
 
     def resolved(self, temperature: float | None = None, top_p: float | None = None) -> SamplingParams:
         """A copy whose unset temperature / top_p take the given defaults, else OpenAI's."""
@@ -121,10 +129,27 @@ class StartEvent(_Frozen):
     prompt_tokens: int
 
 
+class TopLogprob(_Frozen):
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+class TokenLogprob(TopLogprob):
+    """One generated token: its log-probability under the model (log-softmax of the raw logits,
+    before temperature or penalties) and the `SamplingParams.logprobs` likeliest alternatives."""
+
+    top: tuple[TopLogprob, ...] = ()
+
+
 class TokenEvent(_Frozen):
+    """New text, and the logprobs of the tokens generated since the last event (when asked for).
+    `text` can be empty while tokens are held back (an unfinished character or stop sequence)."""
+
     type: Literal["token"] = "token"
     seq: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 class DoneEvent(_Frozen):
@@ -157,7 +182,7 @@ _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 def encode_event(event: Event) -> bytes:
-    return event.model_dump_json().encode()
+    return event.model_dump_json(exclude_none=True).encode()  # absent fields decode as None
 
 
 def decode_event(data: bytes | str) -> Event:

@@ -19,6 +19,7 @@ from workers.protocol import (
     Event,
     StartEvent,
     TokenEvent,
+    TokenLogprob,
     Usage,
     channel_for,
     encode_event,
@@ -82,8 +83,8 @@ class EventPublisher:
     def start(self, worker: str, prompt_tokens: int) -> None:
         self._publish(StartEvent, worker=worker, prompt_tokens=prompt_tokens)
 
-    def token(self, text: str) -> None:
-        self._publish(TokenEvent, text=text)
+    def token(self, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> None:
+        self._publish(TokenEvent, text=text, logprobs=logprobs)
 
     def done(self, finish_reason: Literal["stop", "length"], usage: Usage) -> None:
         self._publish(DoneEvent, finish_reason=finish_reason, usage=usage)

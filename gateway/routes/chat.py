@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.deps import RelayDep, SettingsDep
-from gateway.generation import respond
+from gateway.generation import Reply, respond
 from gateway.openai_types import CreateChatCompletionRequest
 from gateway.render import Format
 
@@ -16,5 +16,6 @@ async def create_chat_completion(
     body: CreateChatCompletionRequest, request: Request, relay: RelayDep, settings: SettingsDep
 ) -> Response:
     body.check_limits(settings)
-    job = body.to_job(settings.queue_timeout)
-    return await respond(relay, job, Format.CHAT, body.stream, body.include_usage, request.is_disconnected)
+    jobs = body.to_jobs(settings.queue_timeout)
+    reply = Reply(Format.CHAT, body.stream, body.include_usage, logprobs=bool(body.logprobs), n=body.n)
+    return await respond(relay, jobs, reply, request.is_disconnected)

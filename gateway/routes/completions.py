@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.deps import RelayDep, SettingsDep
-from gateway.generation import respond
+from gateway.generation import Reply, respond
 from gateway.openai_types import CreateCompletionRequest
 from gateway.render import Format
 
@@ -16,5 +16,8 @@ async def create_completion(
     body: CreateCompletionRequest, request: Request, relay: RelayDep, settings: SettingsDep
 ) -> Response:
     body.check_limits(settings)
-    job = body.to_job(settings.queue_timeout)
-    return await respond(relay, job, Format.TEXT, body.stream, body.include_usage, request.is_disconnected)
+    jobs = body.to_jobs(settings.queue_timeout)
+    prefixes = [p for p in body.prompts for _ in range(body.n)] if body.echo else ()
+    reply = Reply(Format.TEXT, body.stream, body.include_usage, logprobs=body.logprobs is not None,
+                  prefixes=prefixes, n=body.n)  # fmt: skip
+    return await respond(relay, jobs, reply, request.is_disconnected)

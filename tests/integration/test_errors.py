@@ -60,7 +60,7 @@ def test_unknown_model_is_404_through_the_sdk(client: openai.OpenAI) -> None:
         ({"model": "tiny-a", "messages": USER, "temperature": "hot"}, "temperature"),
         ({"model": "tiny-a", "messages": USER, "top_p": 1.5}, "top_p"),
         ({"model": "tiny-a", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"model": "tiny-a", "messages": USER, "n": 2}, "n"),
+        ({"model": "tiny-a", "messages": USER, "n": 65}, "n"),
         ({"model": "tiny-a", "messages": USER, "stream": False, "stream_options": {"include_usage": True}},
          "stream_options"),
     ],

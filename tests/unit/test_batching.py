@@ -26,12 +26,14 @@ PROMPTS = [
 class RecordingSink:
     def __init__(self) -> None:
         self.texts: list[str] = []
+        self.logprobs: list = []
         self.finished: Finished | None = None
         self.error_code: str | None = None
         self.done_at: float | None = None
 
-    def token(self, text: str) -> None:
+    def token(self, text: str, logprobs: tuple | None = None) -> None:
         self.texts.append(text)
+        self.logprobs.extend(logprobs or ())
 
     def done(self, finish_reason: str, usage: Usage) -> None:
         self.finished = Finished(finish_reason, usage)  # type: ignore[arg-type]

@@ -17,9 +17,9 @@ from gateway.errors import (
     install_error_handlers,
 )
 from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest
-from gateway.render import Envelope, Format
+from gateway.render import ChoiceState, Envelope, Format
 from tests.spec import assert_valid, errors_for
-from workers.protocol import ErrorEvent, Usage
+from workers.protocol import ErrorEvent, TokenLogprob, TopLogprob, Usage
 
 USER = [{"role": "user", "content": "Hi"}]
 SECRET = "s3cret-detail-that-must-not-leak"
@@ -85,8 +85,10 @@ def test_wrong_role_names_the_message_and_field(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "field,value", [("temperature", 3), ("top_p", 2), ("max_tokens", 0), ("max_tokens", "x")]
-)
+    "field,value",
+    [("temperature", 3), ("top_p", 2), ("max_tokens", 0), ("max_tokens", "x"), ("n", 0), ("n", 65),
+     ("presence_penalty", 2.5), ("frequency_penalty", -3), ("top_logprobs", 21), ("top_k", -2)],
+)  # fmt: skip
 def test_out_of_range_value_is_400_naming_it(client: TestClient, field: str, value: Any) -> None:
     error = _error(client.post("/chat", json={"model": "m", "messages": USER, field: value}), 400)
     assert error["param"] == field
@@ -94,8 +96,8 @@ def test_out_of_range_value_is_400_naming_it(client: TestClient, field: str, val
 
 
 def test_unsupported_feature_is_400_naming_it(client: TestClient) -> None:
-    error = _error(client.post("/chat", json={"model": "m", "messages": USER, "n": 2}), 400)
-    assert error["param"] == "n"
+    error = _error(client.post("/chat", json={"model": "m", "messages": USER, "logit_bias": {"5": 1}}), 400)
+    assert error["param"] == "logit_bias"
 
 
 def test_completion_prompt_of_wrong_type_is_400_naming_prompt(client: TestClient) -> None:
@@ -174,25 +176,48 @@ def test_error_classes_render_valid_bodies() -> None:
 CHAT = Envelope(id="chatcmpl-1", model="tiny", fmt=Format.CHAT, created=1_700_000_000)
 TEXT = Envelope(id="cmpl-1", model="tiny", fmt=Format.TEXT, created=1_700_000_000)
 USAGE = Usage(prompt_tokens=5, completion_tokens=3)
+C0 = ChoiceState(index=0)
+LOGPROBS = (
+    TokenLogprob(token="Hel", logprob=-0.5, bytes=tuple(b"Hel"), top=(TopLogprob(token="Hel", logprob=-0.5, bytes=tuple(b"Hel")),
+                                                                       TopLogprob(token="He", logprob=-1.5, bytes=tuple(b"He")))),
+    TokenLogprob(token="lo", logprob=-0.25, bytes=tuple(b"lo")),
+)
+
+
+def _whole(env: Envelope, text: str, finish: str, logprobs: bool = False) -> dict[str, Any]:
+    state = ChoiceState(index=0, parts=[text], finish_reason=finish, logprobs=logprobs, entries=list(LOGPROBS))
+    return env.whole(state)
 
 BODIES: dict[str, tuple[dict[str, Any], str]] = {
     "chat-role-chunk": (
-        CHAT.wrap([CHAT.delta("", role=True)], chunk=True),
+        CHAT.wrap([CHAT.delta(C0, "", role=True)], chunk=True),
         "CreateChatCompletionStreamResponse",
     ),
-    "chat-text-chunk": (CHAT.wrap([CHAT.delta("Hel")], chunk=True), "CreateChatCompletionStreamResponse"),
+    "chat-text-chunk": (CHAT.wrap([CHAT.delta(C0, "Hel")], chunk=True), "CreateChatCompletionStreamResponse"),
     "chat-final-chunk": (
-        CHAT.wrap([CHAT.delta(None, "stop")], chunk=True),
+        CHAT.wrap([CHAT.delta(C0, None, "stop")], chunk=True),
         "CreateChatCompletionStreamResponse",
     ),
     "chat-usage-chunk": (CHAT.wrap([], chunk=True, usage=USAGE), "CreateChatCompletionStreamResponse"),
     "chat-whole": (
-        CHAT.wrap([CHAT.whole("Hello", "length")], chunk=False, usage=USAGE),
+        CHAT.wrap([_whole(CHAT, "Hello", "length")], chunk=False, usage=USAGE),
         "CreateChatCompletionResponse",
     ),
-    "text-final-chunk": (TEXT.wrap([TEXT.delta(None, "stop")], chunk=True), "CreateCompletionResponse"),
+    "text-final-chunk": (TEXT.wrap([TEXT.delta(C0, None, "stop")], chunk=True), "CreateCompletionResponse"),
     "text-whole": (
-        TEXT.wrap([TEXT.whole("Hello", "stop")], chunk=False, usage=USAGE),
+        TEXT.wrap([_whole(TEXT, "Hello", "stop")], chunk=False, usage=USAGE),
+        "CreateCompletionResponse",
+    ),
+    "chat-logprobs-chunk": (
+        CHAT.wrap([CHAT.delta(ChoiceState(index=1, logprobs=True), "Hel", entries=LOGPROBS[:1])], chunk=True),
+        "CreateChatCompletionStreamResponse",
+    ),
+    "chat-logprobs-whole": (
+        CHAT.wrap([_whole(CHAT, "Hello", "stop", logprobs=True)], chunk=False, usage=USAGE),
+        "CreateChatCompletionResponse",
+    ),
+    "text-logprobs-whole": (
+        TEXT.wrap([_whole(TEXT, "Hello", "stop", logprobs=True)], chunk=False, usage=USAGE),
         "CreateCompletionResponse",
     ),
 }
@@ -207,7 +232,7 @@ def test_rendered_body_matches_the_spec(name: str) -> None:
 def test_text_chunk_mid_stream_breaks_the_spec_only_by_its_null_finish_reason() -> None:
     """CreateCompletionResponse (also the stream shape) has a non-nullable finish_reason, which no
     mid-stream chunk can honestly fill; OpenAI itself sends null there.  Nothing else may be wrong."""
-    chunk = TEXT.wrap([TEXT.delta("Hel")], chunk=True)
+    chunk = TEXT.wrap([TEXT.delta(C0, "Hel")], chunk=True)
     errors = errors_for(chunk, "CreateCompletionResponse")
     assert errors and all(e.startswith("at choices/0/finish_reason: None") for e in errors), errors
 
@@ -221,7 +246,20 @@ def test_chat_chunks_say_chunk_and_whole_bodies_do_not() -> None:
 def test_role_chunk_and_text_chunks_carry_the_right_delta() -> None:
     assert BODIES["chat-role-chunk"][0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert BODIES["chat-text-chunk"][0]["choices"][0]["delta"] == {"content": "Hel"}
-    assert BODIES["chat-final-chunk"][0]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+    assert BODIES["chat-final-chunk"][0]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None,
+                                                           "finish_reason": "stop"}  # fmt: skip
+
+
+def test_logprobs_render_in_each_format() -> None:
+    chat = BODIES["chat-logprobs-whole"][0]["choices"][0]["logprobs"]
+    assert [e["token"] for e in chat["content"]] == ["Hel", "lo"] and chat["refusal"] is None
+    assert chat["content"][0]["top_logprobs"][1] == {"token": "He", "logprob": -1.5, "bytes": list(b"He")}
+    assert chat["content"][1]["bytes"] == list(b"lo")
+    chunk = BODIES["chat-logprobs-chunk"][0]["choices"][0]
+    assert chunk["index"] == 1 and len(chunk["logprobs"]["content"]) == 1
+    text = BODIES["text-logprobs-whole"][0]["choices"][0]["logprobs"]
+    assert text == {"tokens": ["Hel", "lo"], "token_logprobs": [-0.5, -0.25],
+                    "top_logprobs": [{"Hel": -0.5, "He": -1.5}, {}], "text_offset": [0, 3]}  # fmt: skip
 
 
 def test_usage_is_reported_with_its_total() -> None:

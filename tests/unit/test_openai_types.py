@@ -28,7 +28,7 @@ def test_chat_to_job_maps_every_field() -> None:
     job = chat(
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
         temperature=0.3, top_p=0.8, max_tokens=9, stop=["\n", "END"], seed=7,
-    ).to_job(queue_timeout=30.0)  # fmt: skip
+    ).to_jobs(queue_timeout=30.0)[0]  # fmt: skip
     assert job.model == "tiny"
     assert job.prompt is None
     assert job.messages == (
@@ -42,7 +42,7 @@ def test_chat_to_job_maps_every_field() -> None:
 
 
 def test_completion_to_job_maps_every_field() -> None:
-    job = completion(prompt="Once upon", temperature=1.2, max_tokens=5, stop="\n\n", seed=3).to_job(10.0)
+    job = completion(prompt="Once upon", temperature=1.2, max_tokens=5, stop="\n\n", seed=3).to_jobs(10.0)[0]
     assert job.prompt == "Once upon"
     assert job.messages is None
     assert (job.params.temperature, job.params.max_tokens, job.params.stop, job.params.seed) == (
@@ -56,11 +56,11 @@ def test_completion_to_job_maps_every_field() -> None:
 
 def test_each_job_gets_a_new_request_id() -> None:
     request = chat()
-    assert request.to_job(1.0).request_id != request.to_job(1.0).request_id
+    assert request.to_jobs(1.0)[0].request_id != request.to_jobs(1.0)[0].request_id
 
 
 def test_unset_temperature_and_top_p_are_left_for_the_models_defaults() -> None:
-    params = chat().to_job(1.0).params
+    params = chat().to_jobs(1.0)[0].params
     assert (params.temperature, params.top_p, params.max_tokens, params.stop, params.seed) == (
         None,
         None,
@@ -73,23 +73,23 @@ def test_unset_temperature_and_top_p_are_left_for_the_models_defaults() -> None:
 
 
 def test_completions_default_to_16_tokens() -> None:
-    assert completion().to_job(1.0).params.max_tokens == 16
+    assert completion().to_jobs(1.0)[0].params.max_tokens == 16
 
 
 def test_completions_max_tokens_null_means_no_limit() -> None:
-    assert completion(max_tokens=None).to_job(1.0).params.max_tokens is None
+    assert completion(max_tokens=None).to_jobs(1.0)[0].params.max_tokens is None
 
 
 def test_max_completion_tokens_wins_over_max_tokens() -> None:
-    assert chat(max_tokens=50, max_completion_tokens=5).to_job(1.0).params.max_tokens == 5
-    assert chat(max_tokens=50).to_job(1.0).params.max_tokens == 50
-    assert chat(max_completion_tokens=6).to_job(1.0).params.max_tokens == 6
+    assert chat(max_tokens=50, max_completion_tokens=5).to_jobs(1.0)[0].params.max_tokens == 5
+    assert chat(max_tokens=50).to_jobs(1.0)[0].params.max_tokens == 50
+    assert chat(max_completion_tokens=6).to_jobs(1.0)[0].params.max_tokens == 6
 
 
 def test_stop_string_becomes_a_one_element_tuple() -> None:
-    assert chat(stop="###").to_job(1.0).params.stop == ("###",)
-    assert chat(stop=None).to_job(1.0).params.stop == ()
-    assert chat(stop=[]).to_job(1.0).params.stop == ()
+    assert chat(stop="###").to_jobs(1.0)[0].params.stop == ("###",)
+    assert chat(stop=None).to_jobs(1.0)[0].params.stop == ()
+    assert chat(stop=[]).to_jobs(1.0)[0].params.stop == ()
 
 
 def test_more_than_four_stop_sequences_are_refused() -> None:
@@ -98,13 +98,13 @@ def test_more_than_four_stop_sequences_are_refused() -> None:
 
 
 def test_top_p_zero_means_greedy() -> None:
-    params = chat(top_p=0, temperature=1.5).to_job(1.0).params
+    params = chat(top_p=0, temperature=1.5).to_jobs(1.0)[0].params
     assert params.greedy
     assert params.top_p is None
 
 
 def test_temperature_zero_means_greedy() -> None:
-    assert chat(temperature=0).to_job(1.0).params.greedy
+    assert chat(temperature=0).to_jobs(1.0)[0].params.greedy
 
 
 @pytest.mark.parametrize(
@@ -118,13 +118,13 @@ def test_out_of_range_sampling_values_are_refused(field: str, value: float) -> N
 
 def test_content_parts_are_joined() -> None:
     content = [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]
-    job = chat(messages=[{"role": "user", "content": content}]).to_job(1.0)
+    job = chat(messages=[{"role": "user", "content": content}]).to_jobs(1.0)[0]
     assert job.messages[0].content == "Hello, world"
 
 
 def test_null_content_becomes_empty_text() -> None:
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}]
-    assert chat(messages=messages).to_job(1.0).messages[1].content == ""
+    assert chat(messages=messages).to_jobs(1.0)[0].messages[1].content == ""
 
 
 def test_non_text_content_part_is_refused() -> None:
@@ -134,10 +134,42 @@ def test_non_text_content_part_is_refused() -> None:
 
 
 def test_completion_prompt_may_be_a_one_string_list() -> None:
-    assert completion(prompt=["Once upon"]).to_job(1.0).prompt == "Once upon"
+    assert completion(prompt=["Once upon"]).to_jobs(1.0)[0].prompt == "Once upon"
 
 
-@pytest.mark.parametrize("prompt", [[], ["a", "b"], 5])
+def test_a_list_of_prompts_and_n_give_one_job_per_choice_prompt_major() -> None:
+    jobs = completion(prompt=["a", "b"], n=3, seed=10).to_jobs(1.0)
+    assert [j.prompt for j in jobs] == ["a", "a", "a", "b", "b", "b"]
+    assert [j.params.seed for j in jobs] == [10, 11, 12, 10, 11, 12]  # choice j of every prompt: seed + j
+    assert len({j.request_id for j in jobs}) == 6
+    assert len({j.request_id.rsplit("-", 1)[0] for j in jobs}) == 1  # one response id
+
+
+def test_more_choices_than_the_limit_are_refused() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        completion(prompt=["a"] * 8, n=9).to_jobs(1.0)
+    assert info.value.param == "n"
+
+
+def test_sampling_extensions_reach_the_job() -> None:
+    params = chat(top_k=5, presence_penalty=0.5, frequency_penalty=-1, logprobs=True, top_logprobs=3).to_jobs(1.0)[0].params
+    assert (params.top_k, params.presence_penalty, params.frequency_penalty, params.logprobs) == (5, 0.5, -1.0, 3)
+    assert chat(logprobs=True).to_jobs(1.0)[0].params.logprobs == 0
+    assert chat(top_k=-1).to_jobs(1.0)[0].params.top_k is None
+    assert completion(logprobs=2).to_jobs(1.0)[0].params.logprobs == 2
+    assert completion().to_jobs(1.0)[0].params.logprobs is None
+
+
+def test_top_logprobs_without_logprobs_and_echo_with_logprobs_are_refused() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        chat(top_logprobs=2)
+    assert info.value.param == "top_logprobs"
+    with pytest.raises(InvalidRequest) as info:
+        completion(echo=True, logprobs=1)
+    assert info.value.param == "echo"
+
+
+@pytest.mark.parametrize("prompt", [[], 5, ["x"] * 65])
 def test_completion_prompt_batches_are_refused(prompt: Any) -> None:
     with pytest.raises(ValidationError):
         completion(prompt=prompt)
@@ -156,14 +188,10 @@ def test_empty_model_is_refused() -> None:
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("n", 2),
-        ("logprobs", True),
         ("top_logprobs", 3),
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
         ("tool_choice", "required"),
         ("functions", [{"name": "f"}]),
-        ("presence_penalty", 0.5),
-        ("frequency_penalty", -0.5),
         ("logit_bias", {"50256": -100}),
     ],
 )
@@ -176,7 +204,7 @@ def test_unsupported_chat_features_are_invalid_requests_naming_the_field(field: 
 
 
 @pytest.mark.parametrize(
-    "field,value", [("n", 3), ("best_of", 2), ("echo", True), ("suffix", "end"), ("logprobs", 2)]
+    "field,value", [("best_of", 2), ("suffix", "end")]
 )
 def test_unsupported_completion_features_are_invalid_requests(field: str, value: Any) -> None:
     with pytest.raises(InvalidRequest) as info:
@@ -198,7 +226,7 @@ def test_unsupported_completion_features_are_invalid_requests(field: str, value:
     ids=str,
 )
 def test_neutral_values_of_unsupported_features_are_accepted(fields: dict) -> None:
-    chat(**fields).to_job(1.0)
+    chat(**fields).to_jobs(1.0)[0]
 
 
 def test_stream_options_without_stream_is_an_invalid_request() -> None:
@@ -217,11 +245,11 @@ def test_stream_options_with_stream_sets_include_usage() -> None:
 
 def test_unknown_fields_are_ignored() -> None:
     request = chat(metadata={"a": "b"}, store=False, reasoning_effort="low", some_future_field=[1, 2])
-    job = request.to_job(1.0)
+    job = request.to_jobs(1.0)[0]
     assert job.messages == (ChatMessage(role="user", content="Hi"),)
     assert not hasattr(request, "some_future_field")
 
 
 def test_unknown_message_fields_are_ignored() -> None:
     messages = [{"role": "user", "content": "Hi", "name": "ann", "weird": True}]
-    assert chat(messages=messages).to_job(1.0).messages == (ChatMessage(role="user", content="Hi"),)
+    assert chat(messages=messages).to_jobs(1.0)[0].messages == (ChatMessage(role="user", content="Hi"),)

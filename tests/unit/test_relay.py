@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -14,10 +15,11 @@ import fakeredis
 import pytest
 from fakeredis.aioredis import FakeRedis
 
-from gateway.errors import InternalError, ModelNotFound, ServiceUnavailable
+from gateway.errors import InternalError, ModelNotFound, RateLimited, ServiceUnavailable
 from gateway.registry import Registry
 from gateway.relay import EventStream, Relay
-from gateway.render import Envelope, Format, collect, sse_stream
+from gateway.fanout import Choices
+from gateway.render import ChoiceState, Envelope, Format, collect, sse_stream
 from tests.spec import assert_valid
 from tests.tiny_models import write_models_file
 from workers.models_file import load_models_file
@@ -282,7 +284,9 @@ async def test_collect_builds_a_valid_whole_body(relay: Relay, redis: FakeRedis,
     job = make_job()
     stream = await relay.submit(job)
     await publish(redis, job, *HAPPY)
-    body = await collect(stream, Envelope(id=job.request_id, model="tiny", fmt=Format.TEXT))
+    await anext(stream)  # the start event, which respond() reads before rendering
+    env = Envelope(id=job.request_id, model="tiny", fmt=Format.TEXT)
+    body = await collect(Choices([stream]), env, [ChoiceState(index=0)], [0])
     assert_valid(body, "CreateCompletionResponse")
     assert body["choices"][0]["text"] == "Hello"
     assert body["usage"]["total_tokens"] == 4
@@ -293,9 +297,9 @@ async def test_sse_stream_ends_with_usage_and_done(relay: Relay, redis: FakeRedi
     job = make_job()
     stream = await relay.submit(job)
     await publish(redis, job, *HAPPY)
-    payloads = [
-        p async for p in sse_stream(stream, Envelope(id=job.request_id, model="tiny", fmt=Format.CHAT), True)
-    ]
+    await anext(stream)
+    env = Envelope(id=job.request_id, model="tiny", fmt=Format.CHAT)
+    payloads = [p async for p in sse_stream(Choices([stream]), env, [ChoiceState(index=0)], True, [0])]
     assert payloads[-1] == "[DONE]"
     chunks = [json.loads(p) for p in payloads[:-1]]
     for chunk in chunks:
@@ -303,3 +307,45 @@ async def test_sse_stream_ends_with_usage_and_done(relay: Relay, redis: FakeRedi
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hello"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_choices_merge_several_streams_tagged_with_their_index(relay: Relay, redis: FakeRedis, live) -> None:
+    jobs = [make_job(), make_job()]
+    streams = [await relay.submit(job) for job in jobs]
+    for stream in streams:
+        pass
+    await publish(redis, jobs[1], *HAPPY)
+    await publish(redis, jobs[0], START, TokenEvent(seq=1, text="Bye"), DoneEvent(seq=2, finish_reason="length",
+                  usage=Usage(prompt_tokens=2, completion_tokens=1)))  # fmt: skip
+    for stream in streams:
+        await anext(stream)
+    env = Envelope(id="cmpl-x", model="tiny", fmt=Format.TEXT)
+    states = [ChoiceState(index=0), ChoiceState(index=1)]
+    body = await collect(Choices(streams), env, states, [0, 0])
+    assert [c["text"] for c in body["choices"]] == ["Bye", "Hello"]
+    assert [c["finish_reason"] for c in body["choices"]] == ["length", "stop"]
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}  # one prompt, n=2
+    assert all([await subscribers(redis, job) == 0 for job in jobs])
+
+
+async def test_a_simultaneous_burst_cannot_overshoot_the_backlog_limit(redis: FakeRedis, registry, live) -> None:
+    """All of a burst pass LLEN before any task reaches the list; the gateway counts its own sends."""
+
+    class SlowCelery(RecordingCelery):
+        def send_task(self, name: str, args: list[Any], **options: Any) -> None:
+            time.sleep(0.05)  # the push lands after every request of the burst has been checked
+            anyio.from_thread.run(redis.rpush, options["queue"], "task")
+
+    relay = Relay(redis, SlowCelery(redis), registry, queue_timeout=QUEUE_TIMEOUT, idle_timeout=10.0, max_queue=3)
+
+    async def one() -> str:
+        try:
+            stream = await relay.submit(make_job())
+        except RateLimited:
+            return "429"
+        await stream.aclose()
+        return "queued"
+
+    outcomes = await asyncio.gather(*(one() for _ in range(10)))
+    assert sorted(outcomes) == ["429"] * 7 + ["queued"] * 3
+    assert await redis.llen("tiny") == 3

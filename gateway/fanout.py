@@ -1,0 +1,85 @@
+"""Several jobs answered as one response: `n` choices, or one choice per completion prompt.
+
+Each choice is its own job on the model's queue (so a worker batches them like any other
+requests) with its own event stream; `Choices` merges the streams in arrival order, tagged with
+the choice's index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.errors import from_event
+from gateway.relay import ClientGone, EventStream, Relay
+from workers.protocol import DoneEvent, ErrorEvent, Event, GenerateJob
+
+
+class Choices:
+    def __init__(self, streams: Sequence[EventStream]) -> None:
+        self._streams = list(streams)
+        self._reads: dict[asyncio.Future[Event], int] = {}
+        self._open = set(range(len(self._streams)))
+
+    @classmethod
+    async def open(cls, relay: Relay, jobs: Sequence[GenerateJob], client_gone: ClientGone | None) -> Choices:
+        """Queue every job and wait for each one's first event: raise the first error any reports
+        (a prompt that is too long gets its 400 before a stream starts)."""
+        streams: list[EventStream] = []
+        try:
+            for job in jobs:
+                streams.append(await relay.submit(job, client_gone))
+            choices = cls(streams)
+            firsts = await asyncio.gather(*(anext(s) for s in streams))
+        except BaseException:
+            await cls(streams).aclose()
+            raise
+        for first in firsts:
+            if isinstance(first, ErrorEvent):
+                await choices.aclose()
+                raise from_event(first)
+        return choices
+
+    def stop_watching_client(self) -> None:
+        """From here on the SSE response notices a client that leaves."""
+        for stream in self._streams:
+            stream.client_gone = None
+
+    def __aiter__(self) -> Choices:
+        return self
+
+    async def __anext__(self) -> tuple[int, Event]:
+        if len(self._streams) == 1:  # the common case: no tasks needed
+            if not self._open:
+                raise StopAsyncIteration
+            event = await anext(self._streams[0])
+            if isinstance(event, (DoneEvent, ErrorEvent)):
+                self._open.clear()
+            return 0, event
+        for index in self._open - set(self._reads.values()):
+            self._reads[asyncio.ensure_future(anext(self._streams[index]))] = index
+        if not self._reads:
+            raise StopAsyncIteration
+        done, _ = await asyncio.wait(self._reads, return_when=asyncio.FIRST_COMPLETED)
+        read = min(done, key=lambda f: self._reads[f])  # deterministic order among simultaneous events
+        index = self._reads.pop(read)
+        event = read.result()  # raises the stream's APIError (timeout, worker lost, ...)
+        if isinstance(event, (DoneEvent, ErrorEvent)):
+            self._open.discard(index)
+        return index, event
+
+    async def __aenter__(self) -> Choices:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for read in self._reads:
+            read.cancel()
+        if self._reads:
+            await asyncio.gather(*self._reads, return_exceptions=True)
+        self._reads.clear()
+        for stream in self._streams:
+            await stream.aclose()

@@ -16,7 +16,7 @@ COPY workers ./workers
 COPY adapters ./adapters
 COPY scripts ./scripts
 COPY models.yaml ./
-RUN pip install . && python scripts/fetch_default_model.py
+RUN pip install . && python scripts/fetch_models.py
 
 RUN useradd --create-home queuechat && mkdir -p /home/queuechat/.cache/queuechat \
     && chown -R queuechat /home/queuechat /app/models

@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; set TORCH_SPEC=torch (or a CUDA build) on a GPU machine.
 TORCH_SPEC ?= torch==2.13.0
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
+EMBEDDING_MODEL := models/all-MiniLM-L6-v2
 
 .PHONY: run test venv model unit integration bench soak clean
 
@@ -40,10 +41,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-model: $(MODEL_FILE)
+model: $(MODEL_FILE) $(EMBEDDING_MODEL)
 
 $(MODEL_FILE): | venv
-	$(PY) scripts/fetch_default_model.py --target $@
+	$(PY) scripts/fetch_models.py smollm2
+
+$(EMBEDDING_MODEL): | venv
+	$(PY) scripts/fetch_models.py minilm
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,9 +1,12 @@
 """Model adapters: how each model family is loaded, prompted and streamed.
 
-Imported only by workers.  The models file names an adapter by its key in `ADAPTERS`.
+Imported only by workers.  The models file names an adapter (`adapter:`), or leaves it to
+`auto`, which reads the model's own files (adapters/select.py).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from adapters.base import (
     AdapterError,
@@ -12,15 +15,33 @@ from adapters.base import (
     EmptyPrompt,
     ModelAdapter,
     ModelLoadError,
+    UnsupportedParameter,
 )
 
+ADAPTER_NAMES = ("auto", "hf-causal", "chatglm", "embeddings", "echo")
 
-def adapter_class(name: str) -> type[ModelAdapter]:
-    """The adapter registered under `name`; imports heavy libraries only when asked."""
+
+def adapter_class(name: str, config: dict[str, Any] | None = None) -> type:
+    """The adapter class for `name` (already resolved from auto); imports heavy libraries only
+    when asked.  `chatglm` is the remote-code adapter unless the config is a native GLM."""
     if name == "hf-causal":
         from adapters.hf_causal import HfCausalAdapter
 
         return HfCausalAdapter
+    if name == "chatglm":
+        from adapters.select import NATIVE_GLM_TYPES
+
+        if (config or {}).get("model_type") in NATIVE_GLM_TYPES:
+            from adapters.hf_causal import HfCausalAdapter
+
+            return HfCausalAdapter  # GLM-4 in transformers: batched, with the glm4 template fallback
+        from adapters.chatglm import ChatGLMAdapter
+
+        return ChatGLMAdapter
+    if name == "embeddings":
+        from adapters.embeddings import EmbeddingAdapter
+
+        return EmbeddingAdapter
     if name == "echo":
         from adapters.echo import EchoAdapter
 
@@ -28,7 +49,12 @@ def adapter_class(name: str) -> type[ModelAdapter]:
     raise ModelLoadError(f"unknown adapter {name!r}; known: {', '.join(ADAPTER_NAMES)}")
 
 
-ADAPTER_NAMES = ("hf-causal", "echo")
+def adapter_for(spec: Any) -> type:
+    """The adapter class that serves `spec` (a ModelSpec)."""
+    from adapters.select import choose_adapter, read_config
+
+    return adapter_class(choose_adapter(spec), read_config(spec.path))
+
 
 __all__ = [
     "ADAPTER_NAMES",
@@ -38,5 +64,7 @@ __all__ = [
     "EmptyPrompt",
     "ModelAdapter",
     "ModelLoadError",
+    "UnsupportedParameter",
     "adapter_class",
+    "adapter_for",
 ]

@@ -17,6 +17,14 @@ if TYPE_CHECKING:
 class AdapterError(Exception):
     """Raised by adapters for problems the client caused; mapped to error events in one place."""
 
+    param: str | None = None
+
+
+class UnsupportedParameter(AdapterError):
+    def __init__(self, param: str, model: str) -> None:
+        super().__init__(f"'{param}' is not supported by model '{model}'.")
+        self.param = param
+
 
 class ContextLengthExceeded(AdapterError):
     def __init__(self, prompt_tokens: int, limit: int) -> None:
@@ -68,9 +76,10 @@ class Detokenizer(Protocol):
 
 
 class ModelAdapter(ABC):
-    """Loads one model family and turns prompts into streams of `Step`s."""
+    """Loads one model family; its `DecodeBatch` gives logits that the worker's Engine samples."""
 
     name: ClassVar[str]
+    kind: ClassVar[str] = "batch"  # which engine drives it: batch (Engine), text (SerialEngine), embed
 
     def __init__(self, spec: ModelSpec, cache_dir: Path) -> None:
         self.spec = spec
@@ -109,6 +118,11 @@ class ModelAdapter(ABC):
     def default_sampling(self) -> dict[str, float]:
         """The model's own recommended temperature / top_p, if it ships any."""
         return {}
+
+    @property
+    def chat_stops(self) -> tuple[str, ...]:
+        """Strings that end a chat reply besides the EOS tokens (from a named template)."""
+        return ()
 
     @abstractmethod
     def token_texts(self, ids: list[int]) -> list[str]:

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from adapters.base import ModelAdapter, ModelLoadError
+from adapters.templates import Template, default_template, get_template
 from adapters.detokenize import IncrementalDetokenizer
 from adapters.gguf_cache import convert_gguf
 from adapters.hf_batch import HfDecodeBatch
@@ -20,12 +21,6 @@ from adapters.prefix_cache import PrefixCache
 from workers.protocol import ChatMessage
 
 log = logging.getLogger(__name__)
-
-# Used only when a tokenizer ships no chat template (issue 6 adds a registry of named templates).
-_CHATML_FALLBACK = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -66,9 +61,7 @@ class HfCausalAdapter(ModelAdapter):
             self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=remote)
             self.model.to(self.device)
         self.model.eval()
-        if not self.tokenizer.chat_template:
-            log.warning("%s has no chat template; using ChatML", self.spec.name)
-            self.tokenizer.chat_template = _CHATML_FALLBACK
+        self.template = self._pick_template()
         self._eos_ids = self._find_eos_ids()
         # transformers 5.x renamed `past_key_values` to `cache`; support both.
         forward_params = inspect.signature(self.model.forward).parameters
@@ -87,6 +80,24 @@ class HfCausalAdapter(ModelAdapter):
             self.spec.name, self.model.config.model_type, dtype, self.device,
             self._context_length, time.monotonic() - started,
         )  # fmt: skip
+
+    def _pick_template(self) -> Template | None:
+        """A named template when the models file asks for one or the tokenizer has none; else None
+        (the tokenizer's own chat template is used)."""
+        if self.spec.template:
+            try:
+                return get_template(self.spec.template)
+            except KeyError as exc:
+                raise ModelLoadError(f"model {self.spec.name!r}: {exc.args[0]}") from None
+        if self.tokenizer.chat_template:
+            return None
+        template = default_template(getattr(self.model.config, "model_type", None))
+        log.warning("%s has no chat template; using the %r template", self.spec.name, template.name)
+        return template
+
+    @property
+    def chat_stops(self) -> tuple[str, ...]:
+        return self.template.stop if self.template else ()
 
     def _new_cache(self) -> DynamicCache:
         try:
@@ -117,8 +128,11 @@ class HfCausalAdapter(ModelAdapter):
         return self._context_length
 
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
-        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        if self.template is not None:
+            text = self.template.render(messages)
+        else:
+            conversation = [{"role": m.role, "content": m.content} for m in messages]
+            text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
         # The template already wrote any BOS it wants; do not let the tokenizer add another.
         return self.tokenizer.encode(text, add_special_tokens=False)
 

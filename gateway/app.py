@@ -11,7 +11,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from gateway.errors import install_error_handlers
 from gateway.registry import Registry
 from gateway.relay import Relay
-from gateway.routes import chat, completions, health, models
+from gateway.routes import chat, completions, embeddings, health, models
 from gateway.security import GuardMiddleware
 from gateway.settings import GatewaySettings
 from workers.celery_app import make_celery
@@ -47,6 +47,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes)
-    for module in (chat, completions, models, health):
+    for module in (chat, completions, embeddings, models, health):
         app.include_router(module.router)
     return app

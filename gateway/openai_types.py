@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.errors import InvalidRequest
 from gateway.settings import GatewaySettings
-from workers.protocol import ChatMessage, GenerateJob, SamplingParams
+from workers.protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams
 
 MAX_STOP_SEQUENCES = 4
 
@@ -179,3 +179,41 @@ class CreateCompletionRequest(_GenerationRequest):
     def to_jobs(self, queue_timeout: float) -> list[GenerateJob]:
         params = self.sampling_params(self.max_tokens, self.logprobs)
         return self._jobs("cmpl", queue_timeout, [{"prompt": p} for p in self.prompts], params)
+
+
+MAX_EMBEDDING_INPUTS = 2048  # as OpenAI
+
+
+class CreateEmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: Annotated[str, Field(min_length=1)]
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    def inputs(self, limits: GatewaySettings) -> tuple[str | tuple[int, ...], ...]:
+        """Every input as a string or a tuple of token ids; 400 for what cannot be embedded."""
+        raw = self.input
+        items: list[str | tuple[int, ...]]
+        if isinstance(raw, str):
+            items = [raw]
+        elif raw and isinstance(raw[0], int):
+            items = [tuple(raw)]  # type: ignore[arg-type]
+        else:
+            items = [x if isinstance(x, str) else tuple(x) for x in raw]  # type: ignore[union-attr]
+        if not items:
+            raise InvalidRequest("'input' must not be empty.", param="input")
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise InvalidRequest(f"At most {MAX_EMBEDDING_INPUTS} inputs per request.", param="input")
+        for i, item in enumerate(items):
+            if len(item) == 0:
+                raise InvalidRequest(f"input[{i}] is empty.", param="input")
+        if sum(len(x) for x in items if isinstance(x, str)) > limits.max_prompt_chars:
+            raise InvalidRequest(f"The input has more than {limits.max_prompt_chars} characters.", param="input")
+        return tuple(items)
+
+    def to_job(self, limits: GatewaySettings) -> EmbedJob:
+        fields = _new_job_fields("embd", self.model, limits.queue_timeout)
+        return EmbedJob(inputs=self.inputs(limits), dimensions=self.dimensions, **fields)

@@ -24,9 +24,10 @@ from redis.asyncio.client import PubSub
 from gateway.errors import ClientClosedRequest, InternalError, RateLimited, ServiceUnavailable
 from gateway.registry import Registry
 from workers.protocol import (
+    TASK_EMBED,
     TASK_GENERATE,
-    DoneEvent,
-    ErrorEvent,
+    FINAL_EVENTS,
+    EmbedJob,
     Event,
     GenerateJob,
     StartEvent,
@@ -53,7 +54,7 @@ class Relay:
         self.queue_timeout = queue_timeout
         self.idle_timeout = idle_timeout
 
-    async def submit(self, job: GenerateJob, client_gone: ClientGone | None = None) -> EventStream:
+    async def submit(self, job: GenerateJob | EmbedJob, client_gone: ClientGone | None = None) -> EventStream:
         """Queue `job`; the returned stream yields its events.  Close it (async with) when done.
         `client_gone` is asked while waiting: a client that left is not waited for."""
         try:
@@ -93,9 +94,9 @@ class Relay:
                 headers={"Retry-After": "1"},
             )
 
-    def _send(self, job: GenerateJob) -> None:
+    def _send(self, job: GenerateJob | EmbedJob) -> None:
         self.celery.send_task(
-            TASK_GENERATE,
+            TASK_EMBED if isinstance(job, EmbedJob) else TASK_GENERATE,
             args=[job.model_dump(mode="json")],
             queue=job.model,
             task_id=job.request_id,
@@ -147,7 +148,7 @@ class EventStream:
         self._next_seq += 1
         if isinstance(event, StartEvent):
             self._worker = event.worker
-        self._finished = isinstance(event, (DoneEvent, ErrorEvent))
+        self._finished = isinstance(event, FINAL_EVENTS)
         return event
 
     async def _receive(self) -> Event:

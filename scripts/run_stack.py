@@ -93,6 +93,8 @@ def main() -> int:
     models = load_models_file(settings.models_file)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=models.names[0], choices=models.names)
+    parser.add_argument("--embeddings-model", default="all-minilm-l6-v2" if models.get("all-minilm-l6-v2") else "",
+                        help="also served by the worker, for /v1/embeddings ('' for none)")  # fmt: skip
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
     parser.add_argument("--flower-port", type=int, default=5555, help="0 to run without Flower")
@@ -105,7 +107,8 @@ def main() -> int:
     try:
         if not redis_answers(settings.redis_url):
             start_redis(stack, settings.redis_url, env)
-        worker = [str(BIN / "celery"), "-A", "workers", "worker", "-Q", args.model,
+        queues = ",".join(q for q in (args.model, args.embeddings_model) if q)
+        worker = [str(BIN / "celery"), "-A", "workers", "worker", "-Q", queues,
                   "-n", f"{args.model}@%h", "--loglevel", "INFO"]  # fmt: skip
         stack.start("worker", worker, env)
         if args.flower_port:

@@ -12,6 +12,7 @@ from tests.tiny_models import make_tiny_model
 REPO = Path(__file__).resolve().parent.parent
 OPENAI_SPEC = REPO.parent / "shared" / "openai" / "openapi.json"
 DEFAULT_MODEL_FILE = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDING_MODEL_DIR = REPO / "models" / "all-MiniLM-L6-v2"
 
 
 @pytest.fixture(scope="session")

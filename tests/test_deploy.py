@@ -77,11 +77,13 @@ def test_celery_commands_name_the_workers_app(service: str) -> None:
     assert isinstance(workers.app, Celery)
 
 
-@pytest.mark.parametrize(("service", "queue"), [("worker", "smollm2-135m"), ("worker-chatglm", "chatglm")])
-def test_worker_queues_are_models_of_the_models_file(service: str, queue: str) -> None:
+@pytest.mark.parametrize(("service", "queues"),
+                         [("worker", "smollm2-135m,all-minilm-l6-v2"), ("worker-chatglm", "chatglm")])  # fmt: skip
+def test_worker_queues_are_models_of_the_models_file(service: str, queues: str) -> None:
     command = SERVICES[service]["command"]
-    assert _arg_after(command, "-Q") == queue
-    assert load_models_file(_models_file_for(SERVICES[service])).get(queue) is not None
+    assert _arg_after(command, "-Q") == queues
+    for queue in queues.split(","):
+        assert load_models_file(_models_file_for(SERVICES[service])).get(queue) is not None
 
 
 def test_gpu_worker_mounts_its_weights_where_the_models_file_points_and_reserves_a_gpu() -> None:
@@ -105,7 +107,7 @@ def test_dockerfile_copies_files_that_exist_and_fetches_the_default_model() -> N
         if line.startswith("COPY"):
             for source in line.split()[1:-1]:
                 assert (REPO / source).exists(), source
-    assert "scripts/fetch_default_model.py" in dockerfile
+    assert "scripts/fetch_models.py" in dockerfile
     assert re.search(r"^USER \w+", dockerfile, re.M), "the image does not run as root"
 
 

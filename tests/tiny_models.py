@@ -4,6 +4,7 @@ a few sentences (so any text encodes), a ChatML chat template, and a 2-layer Lla
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -19,11 +20,10 @@ _CORPUS = [
 ]
 
 
-def make_tiny_model(folder: Path, seed: int = 0, context: int = 256, template: bool = True) -> Path:
-    """Write tokenizer + random LlamaForCausalLM to `folder`; returns the folder."""
-    import torch
+def write_tiny_tokenizer(folder: Path, template: str | None = CHAT_TEMPLATE) -> Any:
+    """A byte-level BPE tokenizer (any text encodes) saved to `folder`; returns it."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
@@ -37,8 +37,17 @@ def make_tiny_model(folder: Path, seed: int = 0, context: int = 256, template: b
         unk_token="<|endoftext|>",
     )
     if template:
-        tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.chat_template = template
     tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def make_tiny_model(folder: Path, seed: int = 0, context: int = 256, template: bool = True) -> Path:
+    """Write tokenizer + random LlamaForCausalLM to `folder`; returns the folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = write_tiny_tokenizer(folder, CHAT_TEMPLATE if template else None)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

@@ -104,7 +104,13 @@ class Engine:
             raise ContextLengthExceeded(len(ids), self.adapter.context_length)
         return ids
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink) -> Sequence:
+    def submit_job(self, job: GenerateJob, prompt_ids: list[int], sink: Sink) -> Sequence:
+        """Queue `job` (tokenized by `prompt_ids`); chats also stop at the template's boundaries."""
+        extra = self.adapter.chat_stops if job.messages is not None else ()
+        return self.submit(prompt_ids, job.params, sink, extra_stops=extra)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink,
+               extra_stops: tuple[str, ...] = ()) -> Sequence:  # fmt: skip
         """Queue a sequence for the next step boundary; its results go to `sink`."""
         params = params.resolved(**self._defaults)
         room = self.adapter.context_length - len(prompt_ids)
@@ -114,7 +120,7 @@ class Engine:
             limit=min(params.max_tokens or self._default_max_tokens or room, room),
             sink=sink,
             detokenizer=self.adapter.detokenizer(prompt_ids),
-            stops=StopMatcher(params.stop),
+            stops=StopMatcher(params.stop + tuple(s for s in extra_stops if s not in params.stop)),
             generator=make_generator(params, torch.device("cpu")),
         )
         with self._wake:

@@ -9,17 +9,22 @@ import logging
 import sys
 import threading
 from dataclasses import dataclass, field
+from typing import Any, Union
 
 import redis
 from celery import signals
 
-from adapters import ModelLoadError, adapter_class
+from adapters import ModelLoadError, adapter_for
 from workers.celery_app import QueueChatCelery
+from workers.embed_engine import EmbeddingEngine
 from workers.engine import Engine
-from workers.models_file import load_models_file
+from workers.models_file import ModelSpec, load_models_file
 from workers.protocol import MODELS_SEEN_KEY, live_workers_key, slots_key
 from workers.publisher import Outbox
+from workers.serial_engine import SerialEngine
 from workers.settings import WorkerSettings
+
+AnyEngine = Union[Engine, SerialEngine, EmbeddingEngine]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,7 @@ class WorkerState:
     worker_id: str
     settings: WorkerSettings
     redis: redis.Redis
-    engines: dict[str, Engine]
+    engines: dict[str, AnyEngine]
     outbox: Outbox
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -82,7 +87,7 @@ class WorkerState:
             log.warning("could not withdraw from the registry: %s", exc)
 
 
-def load_engines(settings: WorkerSettings, queues: list[str], outbox: Outbox) -> dict[str, Engine]:
+def load_engines(settings: WorkerSettings, queues: list[str], outbox: Outbox) -> dict[str, AnyEngine]:
     models = load_models_file(settings.models_file)
     served = [q for q in queues if models.get(q)]
     for queue in queues:
@@ -96,12 +101,30 @@ def load_engines(settings: WorkerSettings, queues: list[str], outbox: Outbox) ->
     engines = {}
     for name in served:
         spec = models.models[name]
-        log.info("loading model %s (adapter %s) from %s", name, spec.adapter, spec.path)
-        adapter = adapter_class(spec.adapter)(spec, settings.cache_dir)
+        adapter = adapter_for(spec)(spec, settings.cache_dir)
+        log.info("loading model %s (adapter %s) from %s", name, adapter.name, spec.path)
         adapter.load()
-        engines[name] = Engine(adapter, slots=spec.slots, on_step_end=outbox.flush)
-        log.info("model %s decodes up to %d requests together", name, engines[name].slots)
+        engines[name] = make_engine(adapter, spec, outbox)
+        log.info("model %s serves up to %d requests together", name, engines[name].slots)
     return engines
+
+
+def make_engine(adapter: Any, spec: ModelSpec, outbox: Outbox) -> AnyEngine:
+    """Batched decoding for logit-producing adapters, one at a time for text-producing ones
+    (remote-code ChatGLM), the embedding engine for encoders."""
+    if adapter.kind == "text":
+        return SerialEngine(adapter, on_step_end=outbox.flush)
+    if adapter.kind == "embed":
+        return EmbeddingEngine(adapter, slots=spec.slots)
+    return Engine(adapter, slots=spec.slots, on_step_end=outbox.flush)
+
+
+def pool_slots(spec: ModelSpec) -> int:
+    """Task threads a model needs: its slots, or one for adapters that run one request at a time."""
+    try:
+        return 1 if adapter_for(spec).kind == "text" else spec.slots
+    except ModelLoadError:
+        return spec.slots  # reported when the worker loads its models
 
 
 def _concurrency_on_command_line(argv: list[str]) -> bool:
@@ -122,7 +145,7 @@ def _size_the_pool(sender: object, **_: object) -> None:
     except ValueError:
         return  # reported with more context once the worker loads its models
     queues = app.amqp.queues.consume_from or []
-    slots = sum(spec.slots for name in queues if (spec := models.get(name)))
+    slots = sum(pool_slots(spec) for name in queues if (spec := models.get(name)))
     if slots:
         sender.concurrency = slots  # type: ignore[attr-defined]
 

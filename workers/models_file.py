@@ -41,7 +41,8 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=MODEL_NAME_PATTERN)
-    adapter: str = "hf-causal"
+    adapter: str = Field("auto", description="auto: chosen from the model's config.json (adapters/select.py)")
+    template: str | None = Field(None, description="a named conversation template (adapters/templates.py)")
     path: Path | None = None  # a folder or file; not needed by model-free adapters (echo)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = "auto"

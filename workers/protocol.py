@@ -14,6 +14,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 TASK_GENERATE = "queuechat.generate"
+TASK_EMBED = "queuechat.embed"
 KEY_PREFIX = "queuechat:"
 
 
@@ -111,6 +112,20 @@ class GenerateJob(_Frozen):
         return time.time() > self.expires_at
 
 
+class EmbedJob(_Frozen):
+    """Embed every input (text, or token ids) with one embedding model."""
+
+    request_id: str
+    model: str
+    inputs: tuple[str | tuple[int, ...], ...] = Field(min_length=1)
+    dimensions: int | None = Field(None, ge=1)
+    expires_at: float
+
+    @property
+    def expired(self) -> bool:
+        return time.time() > self.expires_at
+
+
 class Usage(_Frozen):
     prompt_tokens: int
     completion_tokens: int
@@ -159,6 +174,16 @@ class DoneEvent(_Frozen):
     usage: Usage
 
 
+class EmbeddingsEvent(_Frozen):
+    """The answer to an EmbedJob: each input's vector as little-endian float32, base64-encoded
+    (OpenAI's own base64 format), in input order."""
+
+    type: Literal["embeddings"] = "embeddings"
+    seq: int
+    vectors: tuple[str, ...]
+    prompt_tokens: int
+
+
 ErrorCode = Literal[
     "model_not_found",
     "context_length_exceeded",
@@ -177,7 +202,8 @@ class ErrorEvent(_Frozen):
     param: str | None = None
 
 
-Event = Annotated[Union[StartEvent, TokenEvent, DoneEvent, ErrorEvent], Field(discriminator="type")]
+Event = Annotated[Union[StartEvent, TokenEvent, DoneEvent, ErrorEvent, EmbeddingsEvent], Field(discriminator="type")]
+FINAL_EVENTS = (DoneEvent, ErrorEvent, EmbeddingsEvent)
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 

@@ -14,6 +14,7 @@ import redis
 
 from workers.protocol import (
     DoneEvent,
+    EmbeddingsEvent,
     ErrorCode,
     ErrorEvent,
     Event,
@@ -88,6 +89,10 @@ class EventPublisher:
 
     def done(self, finish_reason: Literal["stop", "length"], usage: Usage) -> None:
         self._publish(DoneEvent, finish_reason=finish_reason, usage=usage)
+        self.finished = True
+
+    def embeddings(self, vectors: tuple[str, ...], prompt_tokens: int) -> None:
+        self._publish(EmbeddingsEvent, vectors=vectors, prompt_tokens=prompt_tokens)
         self.finished = True
 
     def error(self, code: ErrorCode, message: str, param: str | None = None) -> None:

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 import workers.lifecycle  # noqa: F401  (connects the start-up and heartbeat signal handlers)
 from adapters import AdapterError, ContextLengthExceeded
 from workers.lifecycle import WorkerState
-from workers.protocol import TASK_GENERATE, GenerateJob, cancel_key_for
+from workers.embed_engine import EmbeddingEngine
+from workers.protocol import TASK_EMBED, TASK_GENERATE, EmbedJob, GenerateJob, cancel_key_for
 from workers.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,40 @@ CANCEL_POLL_SECONDS = 0.1  # how often a request's thread checks whether its cli
 @shared_task(name=TASK_GENERATE, bind=True)
 def generate(self: Any, payload: dict[str, Any]) -> None:
     run_job(self.app.state, payload)
+
+
+@shared_task(name=TASK_EMBED, bind=True)
+def embed(self: Any, payload: dict[str, Any]) -> None:
+    run_embed_job(self.app.state, payload)
+
+
+def run_embed_job(state: WorkerState, payload: dict[str, Any]) -> None:
+    request_id = str(payload.get("request_id", "")) if isinstance(payload, dict) else ""
+    publisher = EventPublisher(state.redis, request_id)
+    try:
+        job = EmbedJob.model_validate(payload)
+        if job.expired or state.redis.exists(cancel_key_for(job.request_id)):
+            publisher.error("expired", "the request expired before a worker was free")
+            return
+        engine = state.engines.get(job.model)
+        if not isinstance(engine, EmbeddingEngine):
+            publisher.error("model_not_found", f"this worker does not embed with model {job.model!r}", param="model")
+            return
+        publisher.start(worker=state.worker_id, prompt_tokens=0)
+        vectors, tokens = engine.run(job)
+        publisher.embeddings(vectors, tokens)
+    except ValidationError as exc:
+        publisher.error("invalid_request", f"malformed job: {exc.errors()[0]['msg']}")
+    except ContextLengthExceeded as exc:
+        publisher.error("context_length_exceeded", str(exc), param="input")
+    except AdapterError as exc:
+        publisher.error("invalid_request", str(exc), param=exc.param or "input")
+    except redis.RedisError:
+        log.exception("lost Redis while serving %s", request_id)
+    except Exception:
+        log.exception("request %s failed", request_id)
+        if not publisher.finished:
+            publisher.error("internal_error", "the worker failed while embedding; see its log")
 
 
 def run_job(state: WorkerState, payload: dict[str, Any]) -> None:
@@ -37,7 +72,7 @@ def run_job(state: WorkerState, payload: dict[str, Any]) -> None:
     except ContextLengthExceeded as exc:
         publisher.error("context_length_exceeded", str(exc), param=prompt_param)
     except AdapterError as exc:
-        publisher.error("invalid_request", str(exc), param=prompt_param)
+        publisher.error("invalid_request", str(exc), param=exc.param or prompt_param)
     except redis.RedisError:
         log.exception("lost Redis while serving %s", request_id)
     except Exception:
@@ -53,14 +88,14 @@ def _generate(state: WorkerState, job: GenerateJob, publisher: EventPublisher) -
         publisher.error("expired", "the request expired before a worker was free")
         return
     engine = state.engines.get(job.model)
-    if engine is None:
-        publisher.error("model_not_found", f"this worker does not serve model {job.model!r}", param="model")
+    if engine is None or isinstance(engine, EmbeddingEngine):
+        publisher.error("model_not_found", f"this worker does not generate with model {job.model!r}", param="model")
         return
     prompt_ids = engine.prompt_ids(job)
     publisher.start(worker=state.worker_id, prompt_tokens=len(prompt_ids))
     # From here on the engine publishes this request's events (batched per decode step); this
     # thread only watches for the client leaving.
-    seq = engine.submit(prompt_ids, job.params, publisher.buffered(state.outbox))
+    seq = engine.submit_job(job, prompt_ids, publisher.buffered(state.outbox))
     try:
         while not seq.finished.wait(CANCEL_POLL_SECONDS):
             if seq.cancelled:

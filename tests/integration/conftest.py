@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.integration.processes import Gateway, RedisServer, Worker, stack_env
-from tests.conftest import DEFAULT_MODEL_FILE
+from tests.conftest import DEFAULT_MODEL_FILE, EMBEDDING_MODEL_DIR
 from tests.tiny_models import write_models_file
 
 
@@ -38,7 +38,19 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def models_file(workdir: Path, tiny_model_dir: Path, tiny_model_dir_b: Path) -> Path:
+def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny local models of the other families (remote-code ChatGLM, native GLM-4, an encoder)."""
+    from tests.tiny_families import make_tiny_chatglm, make_tiny_encoder, make_tiny_glm4
+
+    return {
+        "chatglm": make_tiny_chatglm(tmp_path_factory.mktemp("chatglm")),
+        "glm4": make_tiny_glm4(tmp_path_factory.mktemp("glm4")),
+        "encoder": make_tiny_encoder(tmp_path_factory.mktemp("encoder")),
+    }
+
+
+@pytest.fixture(scope="session")
+def models_file(workdir: Path, tiny_model_dir: Path, tiny_model_dir_b: Path, family_dirs: dict[str, Path]) -> Path:
     return write_models_file(
         workdir / "models.yaml",
         {
@@ -51,6 +63,11 @@ def models_file(workdir: Path, tiny_model_dir: Path, tiny_model_dir_b: Path) -> 
             "echo-slow": {"adapter": "echo", "slots": 4, "options": {"step_delay": 0.05}},
             # a worker that goes silent mid-request (4 s a step): for timeout tests
             "echo-stuck": {"adapter": "echo", "slots": 2, "options": {"step_delay": 4.0}},
+            # adapters chosen automatically from each folder's config.json / modules.json
+            "tiny-chatglm": {"path": family_dirs["chatglm"], "trust_remote_code": True},
+            "tiny-glm4": {"path": family_dirs["glm4"], "slots": 4},
+            "tiny-embed": {"path": family_dirs["encoder"], "slots": 2},
+            "all-minilm-l6-v2": {**_repo_entry("all-minilm-l6-v2"), "path": EMBEDDING_MODEL_DIR},
         },
     )
 

@@ -23,7 +23,7 @@ def test_yaml_file_parses_with_defaults(tmp_path: Path) -> None:
     spec = models.get("tiny")
     assert spec.name == "tiny"
     fields = (spec.adapter, spec.dtype, spec.device, spec.max_context, spec.trust_remote_code, spec.owned_by)
-    assert fields == ("hf-causal", "auto", "auto", None, False, "queuechat")
+    assert fields == ("auto", "auto", "auto", None, False, "queuechat")
 
 
 def test_toml_file_parses_every_field(tmp_path: Path) -> None:

@@ -1,0 +1,151 @@
+"""ChatGLM with its own remote code (ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B): the model's
+`stream_chat(tokenizer, query, history, ...)` generates, and this adapter maps OpenAI messages
+onto that interface and turns the growing responses it yields into deltas.
+
+Native GLM-4 checkpoints (transformers' GlmForCausalLM / Glm4ForCausalLM) need no remote code;
+`adapter_class` serves them with the generic batched adapter and the `glm4` template fallback.
+
+History styles, chosen by `options: {history: pairs|messages}` or detected from the tokenizer:
+- pairs (ChatGLM-6B / ChatGLM2-6B): history = [(question, answer), ...]; a system message is
+  put before the first question, since these models have no system role;
+- messages (ChatGLM3-6B, whose tokenizer has `build_chat_input`): history = [{"role", "content"}].
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from adapters.base import AdapterError, ModelLoadError, UnsupportedParameter
+from adapters.hf_causal import pick_device, pick_dtype
+from adapters.templates import Template, get_template
+from workers.models_file import ModelSpec
+from workers.protocol import ChatMessage, GenerateJob, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class ConversationError(AdapterError):
+    param = "messages"
+
+
+class ChatGLMAdapter:
+    """A text-streaming adapter (kind "text"): driven by workers.serial_engine.SerialEngine."""
+
+    name = "chatglm"
+    kind = "text"
+
+    def __init__(self, spec: ModelSpec, cache_dir: Any) -> None:
+        self.spec = spec
+        self.cache_dir = cache_dir
+
+    def load(self) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        started = time.monotonic()
+        path = self.spec.path
+        if path is None or not path.is_dir():
+            raise ModelLoadError(f"model {self.spec.name!r}: {path} is not a model folder")
+        if not self.spec.trust_remote_code:
+            raise ModelLoadError(
+                f"model {self.spec.name!r} runs its own Python code (auto_map in {path / 'config.json'}); "
+                "set 'trust_remote_code: true' in the models file if you trust that code"
+            )
+        device = pick_device(self.spec.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=pick_dtype(self.spec.dtype, device))
+        self.model = model.to(device).eval()
+        if not callable(getattr(self.model, "stream_chat", None)):
+            raise ModelLoadError(f"model {self.spec.name!r}: its code has no stream_chat(); use adapter hf-causal")
+        style = self.spec.options.get("history", "auto")
+        if style == "auto":
+            style = "messages" if hasattr(self.tokenizer, "build_chat_input") else "pairs"
+        if style not in ("pairs", "messages"):
+            raise ModelLoadError(f"model {self.spec.name!r}: options.history must be pairs or messages")
+        self.history_style = style
+        self.template: Template = get_template(self.spec.template or ("chatglm3" if style == "messages" else "chatglm"))
+        config = self.model.config
+        native = getattr(config, "seq_length", None) or getattr(config, "max_position_embeddings", None) or 2048
+        self._context = min(native, self.spec.max_context) if self.spec.max_context else native
+        log.info("loaded %s (remote-code ChatGLM, %s history) in %.1f s", self.spec.name, style,
+                 time.monotonic() - started)  # fmt: skip
+
+    @property
+    def context_length(self) -> int:
+        return self._context
+
+    def default_sampling(self) -> dict[str, float]:
+        return {}
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def check(self, params: SamplingParams) -> None:
+        """stream_chat yields text, not logits: what needs logits cannot be honoured."""
+        if params.logprobs is not None:
+            raise UnsupportedParameter("logprobs", self.spec.name)
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(params, name):
+                raise UnsupportedParameter(name, self.spec.name)
+
+    def prompt_ids(self, job: GenerateJob) -> list[int]:
+        """The prompt as the model's own format spells it, for usage and the context check."""
+        text = self.template.render(job.messages) if job.messages is not None else job.prompt or ""
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def conversation(self, job: GenerateJob) -> tuple[str, list[Any]]:
+        """(query, history) in the model's own terms."""
+        if job.messages is None:
+            return job.prompt or "", []  # a completion prompt is asked as a single question
+        messages: Sequence[ChatMessage] = job.messages
+        if messages[-1].role != "user":
+            raise ConversationError("The last message must come from the user for this model.")
+        if any(m.role == "tool" for m in messages):
+            raise ConversationError("This model does not take tool messages.")
+        query, earlier = messages[-1].content, messages[:-1]
+        if self.history_style == "messages":
+            role = {"developer": "system"}
+            return query, [{"role": role.get(m.role, m.role), "content": m.content} for m in earlier]
+        system = "\n\n".join(m.content for m in earlier if m.role in ("system", "developer"))
+        history: list[tuple[str, str]] = []
+        pending: str | None = None
+        for m in earlier:
+            if m.role == "user":
+                if pending is not None:
+                    history.append((pending, ""))
+                pending = m.content
+            elif m.role == "assistant":
+                history.append((pending or "", m.content))
+                pending = None
+        if pending is not None:
+            query = f"{pending}\n\n{query}"
+        if system:  # no system role in these models: it leads the first question
+            if history:
+                history[0] = (f"{system}\n\n{history[0][0]}", history[0][1])
+            else:
+                query = f"{system}\n\n{query}"
+        return query, history
+
+    @torch.inference_mode()
+    def stream(self, job: GenerateJob, params: SamplingParams, limit: int, prompt_tokens: int) -> Iterator[str]:
+        """Text deltas of the reply; `params` are resolved (temperature and top_p are set)."""
+        query, history = self.conversation(job)
+        kwargs: dict[str, Any] = {"max_length": prompt_tokens + limit + 8, "do_sample": not params.greedy}
+        if not params.greedy:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+            if params.top_k:
+                kwargs["top_k"] = params.top_k
+            if params.seed is not None:
+                torch.manual_seed(params.seed)  # one request at a time: the global RNG is ours
+        previous = ""
+        for response, _ in self.model.stream_chat(self.tokenizer, query, history=history, **kwargs):
+            if not response.startswith(previous):  # the model rewrote its text (post-processing)
+                previous = response
+                continue
+            delta, previous = response[len(previous) :], response
+            if delta:
+                yield delta

@@ -1,0 +1,120 @@
+"""Sentence embeddings from an encoder (BERT-like) folder, the sentence-transformers way:
+transformer -> pooling (mean, CLS or max, from 1_Pooling/config.json) -> optional L2 normalize
+(when modules.json lists a Normalize module).  Plain transformers; sentence-transformers is not
+needed.  E.g. all-MiniLM-L6-v2 (384 dimensions, mean pooling, normalized)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapters.base import AdapterError, ContextLengthExceeded, ModelLoadError
+from adapters.hf_causal import pick_device, pick_dtype
+from workers.models_file import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingAdapter:
+    name = "embeddings"
+    kind = "embed"
+
+    def __init__(self, spec: ModelSpec, cache_dir: Any) -> None:
+        self.spec = spec
+        self.cache_dir = cache_dir
+
+    def load(self) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        started = time.monotonic()
+        path = self.spec.path
+        if path is None or not path.is_dir():
+            raise ModelLoadError(f"model {self.spec.name!r}: {path} is not a model folder")
+        self.device = pick_device(self.spec.device)
+        remote = self.spec.trust_remote_code
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+        model = AutoModel.from_pretrained(path, dtype=pick_dtype(self.spec.dtype, self.device), trust_remote_code=remote)
+        self.model = model.to(self.device).eval()
+        self.pooling, self.normalize, max_length = _sentence_transformers_setup(path)
+        native = max_length or getattr(self.model.config, "max_position_embeddings", 512)
+        self.max_tokens = min(native, self.spec.max_context) if self.spec.max_context else native
+        self.dimensions = int(self.model.config.hidden_size)
+        log.info("loaded %s (embeddings: %d dimensions, %s pooling%s, up to %d tokens) in %.1f s", self.spec.name,
+                 self.dimensions, self.pooling, ", normalized" if self.normalize else "", self.max_tokens,
+                 time.monotonic() - started)  # fmt: skip
+
+    def token_ids(self, inputs: tuple[str | tuple[int, ...], ...]) -> list[list[int]]:
+        """Each input as the model's token ids (with [CLS]/[SEP]); raises when one is too long."""
+        rows = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                ids = self.tokenizer.encode(item)
+            else:
+                if any(t < 0 or t >= self.tokenizer.vocab_size for t in item):
+                    raise AdapterError(f"input[{i}] holds a token id outside this model's vocabulary.")
+                ids = self._with_special_tokens(list(item))
+            if len(ids) > self.max_tokens:
+                raise ContextLengthExceeded(len(ids), self.max_tokens)
+            rows.append(ids)
+        return rows
+
+    def _with_special_tokens(self, ids: list[int]) -> list[int]:
+        """Wrap given token ids as the tokenizer wraps text: [CLS] ... [SEP] (or BOS ... EOS)."""
+        tok = self.tokenizer
+        first = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        last = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        probe = tok.encode("a")  # does this tokenizer add them to text at all?
+        head = [first] if first is not None and probe[:1] == [first] else []
+        tail = [last] if last is not None and probe[-1:] == [last] else []
+        return head + ids + tail
+
+    @torch.inference_mode()
+    def embed(self, rows: list[list[int]]) -> torch.Tensor:
+        """One float32 vector per row, on the CPU."""
+        pad = self.tokenizer.pad_token_id or 0
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        if self.pooling == "cls":
+            vectors = hidden[:, 0]
+        elif self.pooling == "max":
+            vectors = hidden.masked_fill(mask[..., None] == 0, float("-inf")).max(dim=1).values
+        else:
+            weights = mask[..., None].float()
+            vectors = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        if self.normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
+        return vectors.cpu()
+
+
+def _sentence_transformers_setup(path: Path) -> tuple[str, bool, int | None]:
+    """(pooling mode, normalize?, max_seq_length) from the sentence-transformers files, with the
+    usual defaults (mean pooling, no normalization) when they are absent."""
+    pooling, normalize, max_length = "mean", False, None
+    modules = _json(path / "modules.json") or []
+    for module in modules:
+        kind = str(module.get("type", ""))
+        if kind.endswith("Normalize"):
+            normalize = True
+        elif kind.endswith("Pooling"):
+            config = _json(path / module.get("path", "") / "config.json") or {}
+            if config.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif config.get("pooling_mode_max_tokens"):
+                pooling = "max"
+    if (config := _json(path / "sentence_bert_config.json")) and config.get("max_seq_length"):
+        max_length = int(config["max_seq_length"])
+    return pooling, normalize, max_length
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

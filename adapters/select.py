@@ -1,0 +1,48 @@
+"""Which adapter serves a model: the models file's `adapter:`, or `auto` read from the model's
+own files (config.json's model_type / architectures, sentence-transformers' modules.json),
+never guessed from the path's name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from workers.models_file import ModelSpec
+
+# transformers has native classes for these GLM generations; older ChatGLMs need remote code.
+NATIVE_GLM_TYPES = frozenset({"glm", "glm4", "glm4_moe"})
+
+
+def read_config(path: Path | None) -> dict:
+    """The model folder's config.json, or {} (a GGUF file, a missing file)."""
+    if path is None or not path.is_dir() or not (path / "config.json").is_file():
+        return {}
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def is_sentence_transformer(path: Path | None) -> bool:
+    return path is not None and path.is_dir() and (
+        (path / "modules.json").is_file() or (path / "sentence_bert_config.json").is_file()
+    )
+
+
+def choose_adapter(spec: ModelSpec) -> str:
+    """The adapter name for `spec`: explicit, else decided by the model's files."""
+    if spec.adapter != "auto":
+        return spec.adapter
+    if spec.path is not None and spec.path.suffix == ".gguf":
+        return "hf-causal"
+    if is_sentence_transformer(spec.path):
+        return "embeddings"
+    config = read_config(spec.path)
+    model_type = config.get("model_type", "")
+    architectures = config.get("architectures") or []
+    if model_type == "chatglm" or model_type in NATIVE_GLM_TYPES:
+        return "chatglm"
+    if architectures and not any(a.endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")) for a in architectures):
+        return "embeddings"  # an encoder (BertModel, ...): it can embed, not generate
+    return "hf-causal"

@@ -1,0 +1,49 @@
+"""The engine for embedding models: each request's inputs are embedded as one batch (in chunks),
+one request at a time on the model; the task threads wait their turn."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from typing import Any
+
+from adapters.base import AdapterError
+from workers.protocol import EmbedJob
+
+CHUNK = 64  # rows per forward pass
+
+
+class DimensionsNotSupported(AdapterError):
+    param = "dimensions"
+
+
+class EmbeddingEngine:
+    def __init__(self, adapter: Any, slots: int) -> None:
+        self.adapter = adapter
+        self.slots = slots
+        self._lock = threading.Lock()
+        self._active = 0
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.slots - self._active)
+
+    def run(self, job: EmbedJob) -> tuple[tuple[str, ...], int]:
+        """(each input's vector as base64 little-endian float32, tokens read)."""
+        if job.dimensions is not None and job.dimensions != self.adapter.dimensions:
+            raise DimensionsNotSupported(
+                f"Model '{job.model}' gives {self.adapter.dimensions}-dimensional embeddings and cannot "
+                f"shorten them; leave 'dimensions' out or set it to {self.adapter.dimensions}."
+            )
+        rows = self.adapter.token_ids(job.inputs)
+        self._active += 1
+        try:
+            with self._lock:
+                vectors = [v for i in range(0, len(rows), CHUNK) for v in self.adapter.embed(rows[i : i + CHUNK])]
+        finally:
+            self._active -= 1
+        encoded = tuple(base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() for v in vectors)
+        return encoded, sum(len(r) for r in rows)
+
+    def close(self) -> None:
+        pass

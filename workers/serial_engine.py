@@ -1,0 +1,124 @@
+"""An engine for adapters that produce text themselves (kind "text", e.g. remote-code ChatGLM's
+`stream_chat`): one request at a time, in order, with the same interface as `Engine`, so tasks,
+heartbeats and cancellation work the same way.  Stops and the token limit are applied here."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters import ContextLengthExceeded, EmptyPrompt
+from adapters.stops import StopMatcher
+from workers.engine import FinishReason, Sink
+from workers.protocol import GenerateJob, SamplingParams, Usage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class TextRequest:
+    job: GenerateJob
+    prompt_ids: list[int]
+    params: SamplingParams
+    limit: int
+    sink: Sink
+    stops: StopMatcher
+    cancelled: bool = False
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+class SerialEngine:
+    slots = 1
+
+    def __init__(self, adapter: Any, on_step_end: Callable[[], None] = lambda: None) -> None:
+        self.adapter = adapter
+        self._on_step_end = on_step_end
+        chosen = adapter.spec.defaults.model_dump(exclude_none=True, exclude={"max_tokens"})
+        self._defaults = {**adapter.default_sampling(), **chosen}
+        self._default_max_tokens = adapter.spec.defaults.max_tokens
+        self._queue: queue.Queue[TextRequest | None] = queue.Queue()
+        self._busy = False
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{adapter.spec.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.slots - self._queue.qsize() - int(self._busy))
+
+    def prompt_ids(self, job: GenerateJob) -> list[int]:
+        self.adapter.check(job.params)
+        ids = self.adapter.prompt_ids(job)
+        if not ids:
+            raise EmptyPrompt()
+        if len(ids) >= self.adapter.context_length:
+            raise ContextLengthExceeded(len(ids), self.adapter.context_length)
+        self.adapter.conversation(job)  # a conversation the model cannot take fails before it starts
+        return ids
+
+    def submit_job(self, job: GenerateJob, prompt_ids: list[int], sink: Sink) -> TextRequest:
+        params = job.params.resolved(**self._defaults)
+        room = self.adapter.context_length - len(prompt_ids)
+        limit = min(params.max_tokens or self._default_max_tokens or room, room)
+        stops = params.stop + (self.adapter.template.stop if job.messages is not None else ())
+        request = TextRequest(job, prompt_ids, params, limit, sink, StopMatcher(stops))
+        self._queue.put(request)
+        return request
+
+    def cancel(self, request: TextRequest) -> None:
+        request.cancelled = True
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while (request := self._queue.get()) is not None:
+            self._busy = True
+            try:
+                self._run(request)
+            except Exception:
+                log.exception("generation failed")
+                if not request.finished.is_set():
+                    request.sink.error("internal_error", "the model failed while generating; see the worker log")
+            finally:
+                request.finished.set()
+                self._busy = False
+                self._on_step_end()
+        while not self._queue.empty():
+            if (left := self._queue.get()) is not None:
+                left.sink.error("internal_error", "the worker is shutting down")
+                left.finished.set()
+
+    def _run(self, request: TextRequest) -> None:
+        if request.cancelled:
+            request.sink.error("cancelled", "the client cancelled the request")
+            return
+        generated, finish = "", None
+        stream = self.adapter.stream(request.job, request.params, request.limit, len(request.prompt_ids))
+        try:
+            for delta in stream:
+                if request.cancelled:
+                    request.sink.error("cancelled", "the client cancelled the request")
+                    return
+                generated += delta
+                text = request.stops.push(delta)
+                if request.stops.stopped:
+                    finish = "stop"
+                elif self.adapter.count_tokens(generated) >= request.limit:
+                    finish = "length"
+                if text:
+                    request.sink.token(text)
+                    self._on_step_end()
+                if finish:
+                    break
+        finally:
+            stream.close()  # stops the model's generation loop
+        if not request.stops.stopped and (tail := request.stops.flush()):
+            request.sink.token(tail)
+        produced = self.adapter.count_tokens(generated)
+        reason: FinishReason = finish or ("length" if produced >= request.limit else "stop")
+        request.sink.done(reason, Usage(prompt_tokens=len(request.prompt_ids), completion_tokens=produced))

@@ -95,8 +95,10 @@ class ModelAdapter(ABC):
         """Most tokens (prompt + completion) the model accepts."""
 
     @abstractmethod
-    def chat_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """Token ids of a chat, ready for the assistant's reply (the model's chat template)."""
+    def chat_prompt(self, messages: Sequence[ChatMessage], tools: Sequence[dict] | None = None,
+                    tool_choice: str | None = None) -> list[int]:  # fmt: skip
+        """Token ids of a chat, ready for the assistant's reply (the model's chat template), with
+        the tools described when given (adapters/tools.py)."""
 
     @abstractmethod
     def text_prompt(self, prompt: str) -> list[int]:

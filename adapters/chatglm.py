@@ -84,8 +84,11 @@ class ChatGLMAdapter:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def check(self, params: SamplingParams) -> None:
+    def check(self, job: GenerateJob) -> None:
         """stream_chat yields text, not logits: what needs logits cannot be honoured."""
+        params = job.params
+        if job.tools:
+            raise UnsupportedParameter("tools", self.spec.name)
         if params.logprobs is not None:
             raise UnsupportedParameter("logprobs", self.spec.name)
         for name in ("presence_penalty", "frequency_penalty"):

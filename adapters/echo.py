@@ -75,7 +75,9 @@ class EchoAdapter(ModelAdapter):
     def eos_ids(self) -> frozenset[int]:
         return frozenset({EOS})
 
-    def chat_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def chat_prompt(self, messages: Sequence[ChatMessage], tools: Sequence[dict] | None = None,
+                    tool_choice: str | None = None) -> list[int]:  # fmt: skip
+        """The contents joined by newlines (tools are not described: the echo is the reply)."""
         return self.text_prompt("\n".join(m.content for m in messages))
 
     def text_prompt(self, prompt: str) -> list[int]:

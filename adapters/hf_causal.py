@@ -7,6 +7,7 @@ import inspect
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -14,6 +15,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from adapters.base import ModelAdapter, ModelLoadError
 from adapters.templates import Template, default_template, get_template
+from adapters.tools import choice_hint, template_messages, tool_instructions, with_system_text
 from adapters.detokenize import IncrementalDetokenizer
 from adapters.gguf_cache import convert_gguf
 from adapters.hf_batch import HfDecodeBatch
@@ -127,12 +129,26 @@ class HfCausalAdapter(ModelAdapter):
     def context_length(self) -> int:
         return self._context_length
 
-    def chat_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+    @property
+    def native_tools(self) -> bool:
+        """Whether the tokenizer's own chat template renders `tools`."""
+        return self.template is None and "tools" in str(self.tokenizer.chat_template or "")
+
+    def chat_prompt(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None,
+                    tool_choice: str | None = None) -> list[int]:  # fmt: skip
+        native = self.native_tools
+        conversation = template_messages(messages, native_tools=native)
+        extra: dict[str, Any] = {}
+        if tools and native:
+            extra["tools"] = [{"type": "function", "function": t} for t in tools]
+            if hint := choice_hint(tool_choice):
+                conversation = with_system_text(conversation, hint.strip())
+        elif tools:
+            conversation = with_system_text(conversation, tool_instructions(tools, tool_choice))
         if self.template is not None:
-            text = self.template.render(messages)
+            text = self.template.render(_as_messages(conversation))
         else:
-            conversation = [{"role": m.role, "content": m.content} for m in messages]
-            text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False, **extra)
         # The template already wrote any BOS it wants; do not let the tokenizer add another.
         return self.tokenizer.encode(text, add_special_tokens=False)
 
@@ -166,3 +182,8 @@ class HfCausalAdapter(ModelAdapter):
         if not self._mergeable_cache:
             batch.max_rows = 1
         return batch
+
+
+def _as_messages(conversation: list[dict[str, Any]]) -> list[ChatMessage]:
+    """Template dicts back to messages, for the named templates (tool calls are text by then)."""
+    return [ChatMessage(role=m["role"], content=m["content"]) for m in conversation]

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
 from gateway.fanout import Choices
+from gateway.tool_calls import ToolStreamFilter
 from gateway.relay import ClientGone, Relay
 from gateway.render import ChoiceState, Envelope, Format, collect, sse_stream
 from workers.protocol import GenerateJob
@@ -24,10 +25,13 @@ class Reply:
     logprobs: bool = False
     prefixes: Sequence[str] = ()  # completions with echo: each choice's prompt
     n: int = 1  # choices per prompt (usage counts a prompt once)
+    tool_names: frozenset[str] = frozenset()  # tools offered: their calls are parsed out of the text
 
     def states(self, count: int) -> list[ChoiceState]:
         prefixes = list(self.prefixes) or [""] * count
-        return [ChoiceState(index=i, prefix=prefixes[i], logprobs=self.logprobs) for i in range(count)]
+        return [ChoiceState(index=i, prefix=prefixes[i], logprobs=self.logprobs,
+                            tools=ToolStreamFilter(self.tool_names) if self.tool_names else None)
+                for i in range(count)]  # fmt: skip
 
 
 async def respond(relay: Relay, jobs: Sequence[GenerateJob], reply: Reply, client_gone: ClientGone | None = None) -> Response:

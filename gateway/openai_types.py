@@ -14,7 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.errors import InvalidRequest
 from gateway.settings import GatewaySettings
-from workers.protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams
+from gateway.tool_types import (
+    ChatCompletionTool,
+    NamedToolChoice,
+    ResponseFormat,
+    ToolCallIn,
+    ToolChoice,
+    choice_name,
+    with_instruction,
+)
+from workers.protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams, ToolCall
 
 MAX_STOP_SEQUENCES = 4
 
@@ -24,8 +33,6 @@ MAX_CHOICES = 64  # n times the number of prompts: each choice is a job of its o
 # Not implemented; accepted only at these neutral values.
 _NEUTRAL_VALUES: dict[str, Any] = {
     "logit_bias": None,
-    "tools": None,
-    "tool_choice": None,
     "functions": None,
     "function_call": None,
     "best_of": 1,
@@ -44,6 +51,21 @@ class ChatCompletionRequestMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self) -> ChatCompletionRequestMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise InvalidRequest("A 'tool' message needs the 'tool_call_id' it answers.", param="messages")
+        if self.tool_calls and self.role != "assistant":
+            raise InvalidRequest("Only 'assistant' messages carry 'tool_calls'.", param="messages")
+        return self
+
+    def to_message(self) -> ChatMessage:
+        calls = tuple(ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+                      for c in self.tool_calls or ())  # fmt: skip
+        return ChatMessage(role=self.role, content=self.text(), tool_calls=calls or None, tool_call_id=self.tool_call_id)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -137,12 +159,35 @@ class CreateChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: Annotated[list[ChatCompletionTool], Field(max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # accepted; the model decides how many calls it writes
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
-    def _top_logprobs_needs_logprobs(self) -> CreateChatCompletionRequest:
+    def _consistent(self) -> CreateChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+        names = self.tool_names
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise InvalidRequest("'tool_choice' needs 'tools'.", param="tool_choice")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise InvalidRequest(f"tool_choice names '{self.tool_choice.function.name}', which is not among the tools.",
+                                 param="tool_choice")  # fmt: skip
+        if len(names) != len(self.tools or []):
+            raise InvalidRequest("Two tools have the same name.", param="tools")
+        if self.response_format and self.response_format.type == "json_schema" and not self.response_format.json_schema:
+            raise InvalidRequest("response_format of type json_schema needs 'json_schema'.", param="response_format")
         return self
+
+    @property
+    def tool_names(self) -> frozenset[str]:
+        return frozenset(t.function.name for t in self.tools or [])
+
+    @property
+    def offered_tools(self) -> frozenset[str]:
+        """The tools the model may call in this request (none when tool_choice is "none")."""
+        return self.tool_names if self.tools and choice_name(self.tool_choice) is not None else frozenset()
 
     def check_limits(self, limits: GatewaySettings) -> None:
         if len(self.messages) > limits.max_messages:
@@ -150,10 +195,16 @@ class CreateChatCompletionRequest(_GenerationRequest):
         self._check_common_limits(limits, sum(len(m.text()) for m in self.messages), "messages")
 
     def to_jobs(self, queue_timeout: float) -> list[GenerateJob]:
-        messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in self.messages)
+        messages = tuple(m.to_message() for m in self.messages)
+        if self.response_format and (instruction := self.response_format.instruction()):
+            messages = with_instruction(messages, instruction)
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         params = self.sampling_params(self.max_completion_tokens or self.max_tokens, logprobs)
-        return self._jobs("chatcmpl", queue_timeout, [{"messages": messages}], params)
+        chat: dict[str, Any] = {"messages": messages}
+        if self.offered_tools:
+            chat["tools"] = tuple(t.function.model_dump(exclude_none=True) for t in self.tools or [])
+            chat["tool_choice"] = choice_name(self.tool_choice)
+        return self._jobs("chatcmpl", queue_timeout, [chat], params)
 
 
 class CreateCompletionRequest(_GenerationRequest):

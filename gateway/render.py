@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.errors import APIError, InternalError, from_event
 from gateway.fanout import Choices
+from gateway.tool_calls import ToolStreamFilter, parse_tool_calls
 from workers.protocol import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob, Usage
 
 
@@ -35,6 +36,7 @@ class ChoiceState:
     offset: int = 0  # characters so far, for the completions' text_offset
     finish_reason: str | None = None
     usage: Usage | None = None
+    tools: ToolStreamFilter | None = None  # chat with tools offered: calls are parsed out of the text
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,18 @@ class Envelope:
         logprobs = self.logprobs(choice, choice.entries)
         if self.fmt is Format.TEXT:
             return {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
-        message = {"role": "assistant", "content": text, "refusal": None}
-        return {"index": choice.index, "message": message, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        finish = choice.finish_reason
+        if choice.tools is not None:
+            content, calls = parse_tool_calls(text, choice.tools.names)
+            if calls:
+                message.update(content=content, tool_calls=calls)
+                finish = "tool_calls"
+        return {"index": choice.index, "message": message, "logprobs": logprobs, "finish_reason": finish}
+
+    def tool_call_delta(self, choice: ChoiceState) -> dict[str, Any]:
+        calls = [{"index": i, **call} for i, call in enumerate(choice.tools.calls if choice.tools else [])]
+        return {"index": choice.index, "delta": {"tool_calls": calls}, "logprobs": None, "finish_reason": None}
 
 
 def _chat_logprob(entry: TokenLogprob) -> dict[str, Any]:
@@ -139,10 +151,19 @@ async def sse_stream(choices: Choices, env: Envelope, states: list[ChoiceState],
             async for index, event in choices:
                 state = states[index]
                 if isinstance(event, TokenEvent):
-                    yield _dump(env.wrap([env.delta(state, event.text, entries=event.logprobs or ())], chunk=True))
+                    text = state.tools.push(event.text) if state.tools else event.text
+                    if text or event.logprobs:
+                        yield _dump(env.wrap([env.delta(state, text, entries=event.logprobs or ())], chunk=True))
                 elif isinstance(event, DoneEvent):
                     state.usage = event.usage
-                    yield _dump(env.wrap([env.delta(state, None, event.finish_reason)], chunk=True))
+                    finish: str = event.finish_reason
+                    if state.tools is not None:
+                        if tail := state.tools.finish():
+                            yield _dump(env.wrap([env.delta(state, tail)], chunk=True))
+                        if state.tools.calls:
+                            yield _dump(env.wrap([env.tool_call_delta(state)], chunk=True))
+                            finish = "tool_calls"
+                    yield _dump(env.wrap([env.delta(state, None, finish)], chunk=True))
                 elif isinstance(event, ErrorEvent):
                     yield _dump(from_event(event).body())
                     break

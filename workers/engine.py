@@ -95,7 +95,7 @@ class Engine:
         """Tokenize the job's prompt; raise ContextLengthExceeded when no token would fit after it,
         EmptyPrompt when there is nothing to generate from."""
         if job.messages is not None:
-            ids = self.adapter.chat_prompt(job.messages)
+            ids = self.adapter.chat_prompt(job.messages, job.tools, job.tool_choice)
         else:
             ids = self.adapter.text_prompt(job.prompt or "")
         if not ids:

@@ -9,13 +9,14 @@ one `StartEvent`, any number of `TokenEvent`s, then exactly one `DoneEvent` or `
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 TASK_GENERATE = "queuechat.generate"
 TASK_EMBED = "queuechat.embed"
 KEY_PREFIX = "queuechat:"
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"  # how models are asked to write calls
 
 
 def channel_for(request_id: str) -> str:
@@ -88,9 +89,19 @@ def _first_set(*values: float | None) -> float:
     return next(v for v in values if v is not None)
 
 
+class ToolCall(_Frozen):
+    """A function call the assistant made earlier in the conversation."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
 class ChatMessage(_Frozen):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[ToolCall, ...] | None = None  # assistant messages
+    tool_call_id: str | None = None  # tool messages: which call this answers
 
 
 class GenerateJob(_Frozen):
@@ -101,6 +112,8 @@ class GenerateJob(_Frozen):
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
     params: SamplingParams = SamplingParams()
+    tools: tuple[dict[str, Any], ...] | None = Field(None, description="OpenAI function definitions (name, description, parameters)")
+    tool_choice: str | None = Field(None, description="auto, required, or the name of the function to call")
     expires_at: float = Field(description="unix time after which the work is worthless")
 
     def model_post_init(self, __context: object) -> None:

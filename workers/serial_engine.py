@@ -50,7 +50,7 @@ class SerialEngine:
         return max(0, self.slots - self._queue.qsize() - int(self._busy))
 
     def prompt_ids(self, job: GenerateJob) -> list[int]:
-        self.adapter.check(job.params)
+        self.adapter.check(job)
         ids = self.adapter.prompt_ids(job)
         if not ids:
             raise EmptyPrompt()

@@ -17,5 +17,6 @@ async def create_chat_completion(
 ) -> Response:
     body.check_limits(settings)
     jobs = body.to_jobs(settings.queue_timeout)
-    reply = Reply(Format.CHAT, body.stream, body.include_usage, logprobs=bool(body.logprobs), n=body.n)
+    reply = Reply(Format.CHAT, body.stream, body.include_usage, logprobs=bool(body.logprobs), n=body.n,
+                  tool_names=body.offered_tools)  # fmt: skip
     return await respond(relay, jobs, reply, request.is_disconnected)

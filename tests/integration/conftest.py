@@ -61,6 +61,8 @@ def models_file(workdir: Path, tiny_model_dir: Path, tiny_model_dir_b: Path, fam
             "smollm2-135m": {**_repo_entry("smollm2-135m"), "path": DEFAULT_MODEL_FILE},
             # model-free and slow (50 ms a step): for cancellation and fault tests
             "echo-slow": {"adapter": "echo", "slots": 4, "options": {"step_delay": 0.05}},
+            # model-free and instant: repeats the conversation's text (tool-call parsing tests)
+            "echo-fast": {"adapter": "echo", "slots": 4},
             # a worker that goes silent mid-request (4 s a step): for timeout tests
             "echo-stuck": {"adapter": "echo", "slots": 2, "options": {"step_delay": 4.0}},
             # adapters chosen automatically from each folder's config.json / modules.json

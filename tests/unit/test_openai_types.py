@@ -189,7 +189,6 @@ def test_empty_model_is_refused() -> None:
     "field,value",
     [
         ("top_logprobs", 3),
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
         ("tool_choice", "required"),
         ("functions", [{"name": "f"}]),
         ("logit_bias", {"50256": -100}),

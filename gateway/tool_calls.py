@@ -1,0 +1,79 @@
+"""Tool calls in a model's reply: `<tool_call>{"name": ..., "arguments": ...}</tool_call>` blocks
+(the format adapters/tools.py asks for, and Hermes/Qwen-style templates use), or a reply that is
+one bare JSON object naming a declared function (Llama-3.1 style)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.protocol import TOOL_CALL_OPEN as OPEN
+
+_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def _call(obj: Any, names: frozenset[str]) -> dict[str, Any] | None:
+    if not isinstance(obj, dict) or obj.get("name") not in names:
+        return None
+    arguments = obj.get("arguments", obj.get("parameters", {}))
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": obj["name"], "arguments": text}}
+
+
+def parse_tool_calls(text: str, names: frozenset[str]) -> tuple[str | None, list[dict[str, Any]]]:
+    """(content without the calls, or None when nothing else was said; the tool calls)."""
+    calls: list[dict[str, Any]] = []
+    if OPEN in text:
+        for body in _BLOCK.findall(text):
+            try:
+                call = _call(json.loads(body), names)
+            except ValueError:
+                call = None
+            if call:
+                calls.append(call)
+        if calls:
+            content = text[: text.index(OPEN)].strip()
+            return content or None, calls
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            call = _call(json.loads(stripped), names)
+        except ValueError:
+            call = None
+        if call:
+            return None, [call]
+    return text, []
+
+
+@dataclass
+class ToolStreamFilter:
+    """Streams content until a tool call may be starting, then holds the rest for parsing at the
+    end, so call syntax never reaches the client as text."""
+
+    names: frozenset[str]
+    text: str = ""
+    emitted: int = 0
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def push(self, delta: str) -> str:
+        self.text += delta
+        pending = self.text[self.emitted :]
+        if not self.text[: self.emitted].strip() and pending.lstrip().startswith("{"):
+            return ""  # perhaps one bare JSON call: hold it
+        cut = pending.find(OPEN)
+        if cut < 0:  # keep back a tail that could be the start of the tag
+            cut = next((i for i in range(max(0, len(pending) - len(OPEN) + 1), len(pending))
+                        if OPEN.startswith(pending[i:])), len(pending))  # fmt: skip
+        self.emitted += cut
+        return pending[:cut]
+
+    def finish(self) -> str:
+        """The held text that turned out to be content; fills `calls`."""
+        held = self.text[self.emitted :]
+        content, self.calls = parse_tool_calls(held, self.names)
+        if self.calls:
+            return content or ""
+        return held

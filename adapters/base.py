@@ -21,8 +21,8 @@ class AdapterError(Exception):
 
 
 class UnsupportedParameter(AdapterError):
-    def __init__(self, param: str, model: str) -> None:
-        super().__init__(f"'{param}' is not supported by model '{model}'.")
+    def __init__(self, param: str, model: str, why: str = "is not supported by model") -> None:
+        super().__init__(f"'{param}' {why} '{model}'." if why.endswith("model") else f"'{param}' {why}.")
         self.param = param
 
 
@@ -125,6 +125,11 @@ class ModelAdapter(ABC):
     def chat_stops(self) -> tuple[str, ...]:
         """Strings that end a chat reply besides the EOS tokens (from a named template)."""
         return ()
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Size of the logits (token ids 0 .. vocab_size - 1)."""
 
     @abstractmethod
     def token_texts(self, ids: list[int]) -> list[str]:

@@ -91,6 +91,8 @@ class ChatGLMAdapter:
             raise UnsupportedParameter("tools", self.spec.name)
         if params.logprobs is not None:
             raise UnsupportedParameter("logprobs", self.spec.name)
+        if params.logit_bias:
+            raise UnsupportedParameter("logit_bias", self.spec.name)
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(params, name):
                 raise UnsupportedParameter(name, self.spec.name)

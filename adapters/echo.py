@@ -86,6 +86,10 @@ class EchoAdapter(ModelAdapter):
     def count_tokens(self, text: str) -> int:
         return len(text.encode())
 
+    @property
+    def vocab_size(self) -> int:
+        return VOCAB
+
     def token_texts(self, ids: list[int]) -> list[str]:
         return [bytes([i]).decode("utf-8", "replace") if i < 256 else "" for i in ids]
 

@@ -167,6 +167,10 @@ class HfCausalAdapter(ModelAdapter):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
     def token_texts(self, ids: list[int]) -> list[str]:
         return [self.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
 

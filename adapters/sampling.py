@@ -23,13 +23,17 @@ def make_generator(params: SamplingParams, device: torch.device) -> torch.Genera
 
 def apply_penalties(logits: torch.Tensor, counts: Counter[int], params: SamplingParams) -> torch.Tensor:
     """OpenAI's rule: logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty,
-    counting the tokens generated so far.  Returns a new 1-D tensor."""
-    if not counts:
+    counting the tokens generated so far; then logit_bias is added.  Returns a new 1-D tensor."""
+    if not counts and not params.logit_bias:
         return logits
-    ids = torch.tensor(list(counts), device=logits.device)
-    times = torch.tensor(list(counts.values()), device=logits.device, dtype=torch.float32)
     adjusted = logits.float().clone()
-    adjusted[ids] -= times * params.frequency_penalty + params.presence_penalty
+    if counts:
+        ids = torch.tensor(list(counts), device=logits.device)
+        times = torch.tensor(list(counts.values()), device=logits.device, dtype=torch.float32)
+        adjusted[ids] -= times * params.frequency_penalty + params.presence_penalty
+    if params.logit_bias:
+        ids = torch.tensor([i for i, _ in params.logit_bias], device=logits.device)
+        adjusted[ids] += torch.tensor([b for _, b in params.logit_bias], device=logits.device)
     return adjusted
 
 

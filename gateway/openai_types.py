@@ -32,7 +32,6 @@ MAX_CHOICES = 64  # n times the number of prompts: each choice is a job of its o
 
 # Not implemented; accepted only at these neutral values.
 _NEUTRAL_VALUES: dict[str, Any] = {
-    "logit_bias": None,
     "functions": None,
     "function_call": None,
     "best_of": 1,
@@ -90,6 +89,7 @@ class _GenerationRequest(BaseModel):
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(None, max_length=300)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -116,8 +116,14 @@ class _GenerationRequest(BaseModel):
         return SamplingParams(
             temperature=temperature, top_p=top_p, top_k=self.top_k if self.top_k and self.top_k > 0 else None,
             max_tokens=max_tokens, stop=tuple(stop), seed=self.seed, presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0, logprobs=logprobs,
+            frequency_penalty=self.frequency_penalty or 0.0, logprobs=logprobs, logit_bias=self._bias(),
         )  # fmt: skip
+
+    def _bias(self) -> tuple[tuple[int, float], ...]:
+        try:
+            return tuple((int(token), float(bias)) for token, bias in (self.logit_bias or {}).items())
+        except ValueError:
+            raise InvalidRequest("'logit_bias' keys must be token ids (integers as strings).", param="logit_bias") from None
 
     def _jobs(self, prefix: str, queue_timeout: float, prompts: list[dict[str, Any]],
               params: SamplingParams) -> list[GenerateJob]:  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from adapters import ContextLengthExceeded, EmptyPrompt, ModelAdapter
+from adapters import ContextLengthExceeded, EmptyPrompt, ModelAdapter, UnsupportedParameter
 from adapters.base import Detokenizer
 from adapters.sampling import apply_penalties, logprobs_of, make_generator, next_token
 from adapters.stops import StopMatcher
@@ -102,6 +102,9 @@ class Engine:
             raise EmptyPrompt()
         if len(ids) >= self.adapter.context_length:
             raise ContextLengthExceeded(len(ids), self.adapter.context_length)
+        if any(not 0 <= token < self.adapter.vocab_size for token, _ in job.params.logit_bias):
+            raise UnsupportedParameter("logit_bias", self.adapter.spec.name,
+                                       f"holds a token id outside this model's vocabulary (0..{self.adapter.vocab_size - 1})")  # fmt: skip
         return ids
 
     def submit_job(self, job: GenerateJob, prompt_ids: list[int], sink: Sink) -> Sequence:

@@ -66,6 +66,7 @@ class SamplingParams(_Frozen):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logprobs: int | None = Field(None, ge=0, le=20, description="None: none; k: the chosen token's and k alternatives'")
+    logit_bias: tuple[tuple[int, float], ...] = Field((), description="(token id, bias -100..100) added to the logits")
 
     @property
     def greedy(self) -> bool:
@@ -73,7 +74,7 @@ class SamplingParams(_Frozen):
 
     @property
     def penalized(self) -> bool:
-        return bool(self.presence_penalty or self.frequency_penalty)
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
     def resolved(self, temperature: float | None = None, top_p: float | None = None) -> SamplingParams:
         """A copy whose unset temperature / top_p take the given defaults, else OpenAI's."""

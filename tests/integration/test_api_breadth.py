@@ -7,6 +7,7 @@ import math
 from collections import defaultdict
 
 import openai
+import pytest
 
 from tests.integration.sse import chunks, post_stream
 from tests.spec import assert_valid
@@ -105,3 +106,16 @@ def test_penalties_and_top_k_are_applied(client: openai.OpenAI) -> None:
     assert penalized != plain
     top1 = client.chat.completions.create(**{**ask, "temperature": 1.9}, seed=1, extra_body={"top_k": 1})
     assert top1.choices[0].message.content == plain
+
+
+def test_logit_bias_forces_a_token(client: openai.OpenAI, tiny_model_dir) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    token = tokenizer.encode(" Paris", add_special_tokens=False)[0]
+    reply = client.chat.completions.create(model="tiny-a", messages=MESSAGES, temperature=0, max_tokens=3,
+                                           logit_bias={str(token): 100})  # fmt: skip
+    assert reply.choices[0].message.content == tokenizer.decode([token] * 3)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny-a", messages=MESSAGES, logit_bias={"999999": 5})
+    assert err.value.body["param"] == "logit_bias"

@@ -191,7 +191,6 @@ def test_empty_model_is_refused() -> None:
         ("top_logprobs", 3),
         ("tool_choice", "required"),
         ("functions", [{"name": "f"}]),
-        ("logit_bias", {"50256": -100}),
     ],
 )
 def test_unsupported_chat_features_are_invalid_requests_naming_the_field(field: str, value: Any) -> None:
@@ -252,3 +251,12 @@ def test_unknown_fields_are_ignored() -> None:
 def test_unknown_message_fields_are_ignored() -> None:
     messages = [{"role": "user", "content": "Hi", "name": "ann", "weird": True}]
     assert chat(messages=messages).to_jobs(1.0)[0].messages == (ChatMessage(role="user", content="Hi"),)
+
+
+def test_logit_bias_reaches_the_job_and_bad_keys_are_refused() -> None:
+    assert chat(logit_bias={"5": 100, "9": -1.5}).to_jobs(1.0)[0].params.logit_bias == ((5, 100.0), (9, -1.5))
+    with pytest.raises(InvalidRequest) as info:
+        chat(logit_bias={"five": 1}).to_jobs(1.0)
+    assert info.value.param == "logit_bias"
+    with pytest.raises(ValidationError):
+        chat(logit_bias={"5": 101})

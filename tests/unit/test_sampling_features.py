@@ -106,3 +106,27 @@ def test_top_k_samples_only_among_the_k_likeliest(adapter, engine) -> None:
         sink = _run(engine, ids, temperature=2.0, top_k=3, max_tokens=8, seed=seed, logprobs=3)
         for entry in sink.logprobs:
             assert entry.token in {t.token for t in entry.top}
+
+
+def test_logit_bias_forces_or_bans_tokens(adapter, engine) -> None:
+    ids = adapter.text_prompt(PROMPT)
+    forced = adapter.tokenizer.encode(" Paris", add_special_tokens=False)[0]
+    sink = _run(engine, ids, temperature=0.0, max_tokens=4, logit_bias=((forced, 100.0),))
+    assert _generated_ids(adapter, sink) == [forced] * 4
+    logits = _next_logits(adapter, ids)
+    banned, runner_up = torch.topk(logits, 2).indices.tolist()
+    again = _run(engine, ids, temperature=0.0, max_tokens=1, logprobs=0, logit_bias=((banned, -100.0),))
+    assert math.isclose(again.logprobs[0].logprob, float(torch.log_softmax(logits, -1)[runner_up]), abs_tol=1e-4)
+
+
+def test_logit_bias_outside_the_vocabulary_is_refused_by_name(adapter, engine) -> None:
+    import time
+
+    from adapters import UnsupportedParameter
+    from workers.protocol import GenerateJob
+
+    job = GenerateJob(request_id="r", model="m", prompt="x", expires_at=time.time() + 9,
+                      params=SamplingParams(logit_bias=((10**6, 1.0),)))  # fmt: skip
+    with pytest.raises(UnsupportedParameter) as info:
+        engine.prompt_ids(job)
+    assert info.value.param == "logit_bias"

@@ -36,6 +36,10 @@ _NEUTRAL_VALUES: dict[str, Any] = {
     "function_call": None,
     "best_of": 1,
     "suffix": None,
+    "audio": None,
+    "modalities": ["text"],
+    "prediction": None,
+    "web_search_options": None,
 }
 
 

@@ -260,3 +260,17 @@ def test_logit_bias_reaches_the_job_and_bad_keys_are_refused() -> None:
     assert info.value.param == "logit_bias"
     with pytest.raises(ValidationError):
         chat(logit_bias={"5": 101})
+
+
+@pytest.mark.parametrize(
+    "field,value", [("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
+                    ("prediction", {"type": "content", "content": "x"})]
+)  # fmt: skip
+def test_output_features_we_cannot_give_are_refused_not_ignored(field: str, value: Any) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        chat(**{field: value})
+    assert info.value.param == field
+
+
+def test_neutral_values_of_those_fields_pass() -> None:
+    assert chat(modalities=["text"], store=False, metadata={"a": "b"}, service_tier="auto").to_jobs(1.0)

@@ -33,7 +33,7 @@ from workers.protocol import KEY_PREFIX, MODELS_SEEN_KEY, slots_key
 from workers.settings import DEFAULT_MODELS_FILE
 
 _EXPECTED = {"200", "400", "404", "429", "abandoned"}
-_PERMANENT = (f"{KEY_PREFIX}live:", f"{KEY_PREFIX}slots:", MODELS_SEEN_KEY, "_kombu.binding")
+_PERMANENT = (f"{KEY_PREFIX}live:", f"{KEY_PREFIX}slots:", f"{KEY_PREFIX}stats:", MODELS_SEEN_KEY, "_kombu.binding")
 
 
 @dataclass

@@ -11,7 +11,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from gateway.errors import install_error_handlers
 from gateway.registry import Registry
 from gateway.relay import Relay
+from gateway.metrics import HttpMetricsMiddleware, Metrics
 from gateway.routes import chat, completions, embeddings, health, models
+from gateway.routes import metrics as metrics_route
 from gateway.security import GuardMiddleware
 from gateway.settings import GatewaySettings
 from workers.celery_app import make_celery
@@ -33,9 +35,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         celery = make_celery(WorkerSettings(redis_url=settings.redis_url, task_expiry=settings.queue_timeout))
         registry = Registry(redis, known_models, settings.heartbeat_ttl)
         app.state.redis = redis
-        app.state.relay = Relay(
-            redis, celery, registry, settings.queue_timeout, settings.idle_timeout, max_queue=settings.max_queue
-        )
+        app.state.relay = Relay(redis, celery, registry, settings.queue_timeout, settings.idle_timeout,
+                                max_queue=settings.max_queue, metrics=metrics)  # fmt: skip
         try:
             yield
         finally:
@@ -43,10 +44,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await pool.disconnect()
             celery.close()
 
+    metrics = Metrics()
     app = FastAPI(title="QueueChat", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.metrics = metrics
     install_error_handlers(app)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.add_middleware(GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes)
-    for module in (chat, completions, embeddings, models, health):
+    for module in (chat, completions, embeddings, models, health, metrics_route):
         app.include_router(module.router)
     return app

@@ -26,3 +26,8 @@ def _registry(request: Request) -> Registry:
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
 RelayDep = Annotated[Relay, Depends(_relay)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
+
+
+def metric_label(relay: Relay, model: str) -> str:
+    """The model as a metrics label: names outside the models file collapse into "other"."""
+    return model if relay.registry.configured(model) else "other"

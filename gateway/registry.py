@@ -49,6 +49,13 @@ class Registry:
             code="model_unavailable",
         )
 
+    def configured(self, model: str) -> bool:
+        """In the models file (a bounded set: safe as a metrics label)."""
+        return self._models.get(model) is not None
+
+    async def live_map(self) -> dict[str, list[str]]:
+        return {m: await self.live_workers(m) for m in await self.known_models()}
+
     def owned_by(self, model: str) -> str:
         spec = self._models.get(model)
         return spec.owned_by if spec else "queuechat"

@@ -21,7 +21,8 @@ from celery import Celery
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from gateway.errors import ClientClosedRequest, InternalError, RateLimited, ServiceUnavailable
+from gateway.errors import APIError, ClientClosedRequest, InternalError, RateLimited, ServiceUnavailable
+from gateway.metrics import Metrics, RequestTrace
 from gateway.registry import Registry
 from workers.protocol import (
     TASK_EMBED,
@@ -45,8 +46,9 @@ ClientGone = Callable[[], Awaitable[bool]]
 
 class Relay:
     def __init__(self, redis: Redis, celery: Celery, registry: Registry, queue_timeout: float, idle_timeout: float,
-                 max_queue: int | None = None) -> None:  # fmt: skip
+                 max_queue: int | None = None, metrics: Metrics | None = None) -> None:  # fmt: skip
         self.redis = redis
+        self.metrics = metrics
         self.max_queue = max_queue
         self._sending: Counter[str] = Counter()  # admitted here, not yet in the model's Redis list
         self.celery = celery
@@ -63,6 +65,8 @@ class Relay:
             try:
                 pubsub = self.redis.pubsub()
                 stream = EventStream(self, pubsub, job, client_gone)
+                if self.metrics is not None:
+                    stream.trace = self.metrics.trace(job.model, job.request_id)
                 try:
                     await pubsub.subscribe(channel_for(job.request_id))
                     await _confirmed(pubsub)
@@ -124,6 +128,7 @@ class EventStream:
         self._worker: str | None = None
         self._finished = False
         self._closed = False
+        self.trace: RequestTrace | None = None  # timings for metrics and the request's log line
 
     async def __aenter__(self) -> EventStream:
         return self
@@ -138,6 +143,21 @@ class EventStream:
         if self._finished:
             raise StopAsyncIteration
         try:
+            event = await self._next_event()
+        except APIError as exc:
+            if self.trace is not None:
+                self.trace.fail(exc.code)
+            raise
+        if self.trace is not None:
+            self.trace.event(event)
+        self._next_seq += 1
+        if isinstance(event, StartEvent):
+            self._worker = event.worker
+        self._finished = isinstance(event, FINAL_EVENTS)
+        return event
+
+    async def _next_event(self) -> Event:
+        try:
             event = await self._receive()
         except redis.exceptions.RedisError as exc:
             raise ServiceUnavailable(f"Lost the connection to the queue: {exc}", code="queue_unavailable") from exc
@@ -145,10 +165,6 @@ class EventStream:
             raise InternalError(
                 f"Lost part of the response (expected event {self._next_seq}, got {event.seq}).", code="event_gap"
             )
-        self._next_seq += 1
-        if isinstance(event, StartEvent):
-            self._worker = event.worker
-        self._finished = isinstance(event, FINAL_EVENTS)
         return event
 
     async def _receive(self) -> Event:
@@ -188,6 +204,8 @@ class EventStream:
         if self._closed:
             return
         self._closed = True
+        if self.trace is not None:
+            self.trace.close()
         with anyio.CancelScope(shield=True):
             try:
                 if not self._finished:

@@ -23,10 +23,15 @@ class EmbeddingEngine:
         self.slots = slots
         self._lock = threading.Lock()
         self._active = 0
+        self.tokens_read = 0
 
     @property
     def free_slots(self) -> int:
         return max(0, self.slots - self._active)
+
+    def stats(self) -> dict[str, int]:
+        """"tokens" counts the tokens read (embeddings generate none)."""
+        return {"running": self._active, "slots": self.slots, "tokens": self.tokens_read}
 
     def run(self, job: EmbedJob) -> tuple[tuple[str, ...], int]:
         """(each input's vector as base64 little-endian float32, tokens read)."""
@@ -42,6 +47,7 @@ class EmbeddingEngine:
                 vectors = [v for i in range(0, len(rows), CHUNK) for v in self.adapter.embed(rows[i : i + CHUNK])]
         finally:
             self._active -= 1
+        self.tokens_read += sum(len(r) for r in rows)
         encoded = tuple(base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() for v in vectors)
         return encoded, sum(len(r) for r in rows)
 

@@ -77,6 +77,7 @@ class Engine:
         chosen = adapter.spec.defaults.model_dump(exclude_none=True, exclude={"max_tokens"})
         self._defaults = {**adapter.default_sampling(), **chosen}
         self._default_max_tokens = adapter.spec.defaults.max_tokens
+        self.generated_tokens = 0
         self._rows: list[Sequence] = []  # in batch row order
         self._waiting: deque[Sequence] = deque()
         self._wake = threading.Condition()
@@ -88,6 +89,10 @@ class Engine:
     def free_slots(self) -> int:
         """Slots neither decoding nor about to join (a snapshot, for heartbeats)."""
         return max(0, self.slots - len(self._rows) - len(self._waiting))
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: requests in the batch, its size, tokens generated since start."""
+        return {"running": len(self._rows), "slots": self.slots, "tokens": self.generated_tokens}
 
     # ---- called from request threads -------------------------------------------------------
 
@@ -243,6 +248,7 @@ class Engine:
     def _accept(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> bool:
         """Take one generated token; emit its text; return True when the sequence is finished."""
         seq.produced += 1
+        self.generated_tokens += 1
         seq.last_token = token
         if seq.params.penalized:
             seq.counts[token] += 1

@@ -5,6 +5,7 @@ Connected to Celery's signals when the worker imports `workers.tasks`.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -19,7 +20,7 @@ from workers.celery_app import QueueChatCelery
 from workers.embed_engine import EmbeddingEngine
 from workers.engine import Engine
 from workers.models_file import ModelSpec, load_models_file
-from workers.protocol import MODELS_SEEN_KEY, live_workers_key, slots_key
+from workers.protocol import MODELS_SEEN_KEY, live_workers_key, slots_key, stats_key
 from workers.publisher import Outbox
 from workers.serial_engine import SerialEngine
 from workers.settings import WorkerSettings
@@ -57,9 +58,11 @@ class WorkerState:
         for model, engine in self.engines.items():
             pipe.zadd(live_workers_key(model), {self.worker_id: now})
             pipe.hset(slots_key(model), self.worker_id, f"{engine.free_slots}/{engine.slots}")
+            pipe.hset(stats_key(model), self.worker_id, json.dumps(engine.stats()))
             if dead[model]:
                 pipe.zrem(live_workers_key(model), *dead[model])
                 pipe.hdel(slots_key(model), *dead[model])
+                pipe.hdel(stats_key(model), *dead[model])
             pipe.sadd(MODELS_SEEN_KEY, model)
         pipe.execute()
 
@@ -83,6 +86,7 @@ class WorkerState:
             for model in self.engines:
                 self.redis.zrem(live_workers_key(model), self.worker_id)
                 self.redis.hdel(slots_key(model), self.worker_id)
+                self.redis.hdel(stats_key(model), self.worker_id)
         except redis.RedisError as exc:
             log.warning("could not withdraw from the registry: %s", exc)
 

@@ -39,6 +39,12 @@ def slots_key(model: str) -> str:
     return f"{KEY_PREFIX}slots:{model}"
 
 
+def stats_key(model: str) -> str:
+    """Hash worker id -> JSON engine counters for `model` ({"running", "slots", "tokens"}),
+    refreshed with every heartbeat; the gateway's /metrics reads it."""
+    return f"{KEY_PREFIX}stats:{model}"
+
+
 MODELS_SEEN_KEY = f"{KEY_PREFIX}models"  # set of every model name a worker has announced
 
 

@@ -42,12 +42,16 @@ class SerialEngine:
         self._default_max_tokens = adapter.spec.defaults.max_tokens
         self._queue: queue.Queue[TextRequest | None] = queue.Queue()
         self._busy = False
+        self.generated_tokens = 0
         self._thread = threading.Thread(target=self._loop, name=f"engine-{adapter.spec.name}", daemon=True)
         self._thread.start()
 
     @property
     def free_slots(self) -> int:
         return max(0, self.slots - self._queue.qsize() - int(self._busy))
+
+    def stats(self) -> dict[str, int]:
+        return {"running": int(self._busy), "slots": self.slots, "tokens": self.generated_tokens}
 
     def prompt_ids(self, job: GenerateJob) -> list[int]:
         self.adapter.check(job)
@@ -120,5 +124,6 @@ class SerialEngine:
         if not request.stops.stopped and (tail := request.stops.flush()):
             request.sink.token(tail)
         produced = self.adapter.count_tokens(generated)
+        self.generated_tokens += produced
         reason: FinishReason = finish or ("length" if produced >= request.limit else "stop")
         request.sink.done(reason, Usage(prompt_tokens=len(request.prompt_ids), completion_tokens=produced))

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from gateway.deps import RelayDep, SettingsDep
+from gateway.deps import RelayDep, SettingsDep, metric_label
 from gateway.errors import InternalError, from_event
 from gateway.openai_types import CreateEmbeddingRequest
 from workers.protocol import EmbeddingsEvent, ErrorEvent
@@ -26,6 +26,7 @@ def _floats(vector: str) -> list[float]:
 async def create_embedding(
     body: CreateEmbeddingRequest, request: Request, relay: RelayDep, settings: SettingsDep
 ) -> JSONResponse:
+    request.state.model = metric_label(relay, body.model)
     job = body.to_job(settings)
     async with await relay.submit(job, request.is_disconnected) as events:
         async for event in events:

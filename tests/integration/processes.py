@@ -104,6 +104,6 @@ class Gateway(Process):
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "gateway", "--port", str(self.port), "--log-level", "warning"]
+        argv = [sys.executable, "-m", "gateway", "--port", str(self.port), "--log-level", "info"]
         super().__init__(argv, workdir / f"gateway-{self.port}.log", env)
         wait_for(lambda: httpx.get(f"{self.base_url}/health").status_code == 200, "gateway", 30, self)

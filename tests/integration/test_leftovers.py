@@ -14,7 +14,7 @@ pytestmark = pytest.mark.after_suite
 
 # The only keys meant to live forever: the worker registry and kombu's per-queue bindings (one
 # set per queue, bounded by the models file).
-_PERMANENT = (f"{KEY_PREFIX}live:", f"{KEY_PREFIX}slots:", MODELS_SEEN_KEY, "_kombu.binding")
+_PERMANENT = (f"{KEY_PREFIX}live:", f"{KEY_PREFIX}slots:", f"{KEY_PREFIX}stats:", MODELS_SEEN_KEY, "_kombu.binding")
 
 
 def _wait(condition, timeout: float) -> bool:

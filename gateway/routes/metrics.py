@@ -1,0 +1,16 @@
+"""GET /metrics: Prometheus text format (open like /health; see README, Operations)."""
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.deps import RegistryDep
+
+router = APIRouter()
+
+
+@router.get("/metrics")
+async def metrics(request: Request, registry: RegistryDep) -> Response:
+    collected = request.app.state.metrics
+    live = await registry.live_map()
+    await collected.refresh(request.app.state.redis, live, live)
+    return Response(generate_latest(collected.registry), media_type=CONTENT_TYPE_LATEST)

@@ -14,6 +14,8 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY workers ./workers
 COPY adapters ./adapters
+COPY queuechat ./queuechat
+COPY bench ./bench
 COPY scripts ./scripts
 COPY models.yaml ./
 RUN pip install . && python scripts/fetch_models.py

@@ -36,7 +36,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         registry = Registry(redis, known_models, settings.heartbeat_ttl)
         app.state.redis = redis
         app.state.relay = Relay(redis, celery, registry, settings.queue_timeout, settings.idle_timeout,
-                                max_queue=settings.max_queue, metrics=metrics)  # fmt: skip
+                                max_queue=settings.max_queue, metrics=metrics,
+                                show_prompts=settings.show_prompts)  # fmt: skip
         try:
             yield
         finally:

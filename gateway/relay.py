@@ -46,9 +46,11 @@ ClientGone = Callable[[], Awaitable[bool]]
 
 class Relay:
     def __init__(self, redis: Redis, celery: Celery, registry: Registry, queue_timeout: float, idle_timeout: float,
-                 max_queue: int | None = None, metrics: Metrics | None = None) -> None:  # fmt: skip
+                 max_queue: int | None = None, metrics: Metrics | None = None,
+                 show_prompts: bool = False) -> None:  # fmt: skip
         self.redis = redis
         self.metrics = metrics
+        self.show_prompts = show_prompts
         self.max_queue = max_queue
         self._sending: Counter[str] = Counter()  # admitted here, not yet in the model's Redis list
         self.celery = celery
@@ -82,7 +84,9 @@ class Relay:
 
     async def _admit(self, model: str) -> None:
         """429 once `max_queue` requests already wait in the model's queue (a Redis list), counting
-        those this gateway is still sending, so a burst cannot slip in between LLEN and the push."""
+        those this gateway is still sending, so a burst cannot slip in between LLEN and the push.
+        A task that has reached the list but whose send has not returned yet counts twice: under a
+        burst the limit errs low by a few, never high."""
         self._sending[model] += 1
         if self.max_queue is None:
             return
@@ -102,10 +106,28 @@ class Relay:
         self.celery.send_task(
             TASK_EMBED if isinstance(job, EmbedJob) else TASK_GENERATE,
             args=[job.model_dump(mode="json")],
+            argsrepr=task_summary(job, self.show_prompts),  # what Flower and worker logs show
+            kwargsrepr="{}",
             queue=job.model,
             task_id=job.request_id,
             expires=datetime.fromtimestamp(job.expires_at, tz=timezone.utc),
         )
+
+
+def task_summary(job: GenerateJob | EmbedJob, show_prompts: bool = False) -> str:
+    """A task's arguments as monitoring shows them: sizes, not content, unless configured."""
+    if isinstance(job, EmbedJob):
+        parts, text = [f"inputs={len(job.inputs)}"], " | ".join(str(i) for i in job.inputs)
+    elif job.messages is not None:
+        text = "\n".join(f"{m.role}: {m.content}" for m in job.messages)
+        parts = [f"messages={len(job.messages)}", f"chars={sum(len(m.content) for m in job.messages)}"]
+    else:
+        text, parts = job.prompt or "", [f"prompt_chars={len(job.prompt or '')}"]
+    if isinstance(job, GenerateJob) and job.params.max_tokens:
+        parts.append(f"max_tokens={job.params.max_tokens}")
+    if show_prompts:
+        parts.append(repr(text[:200] + ("…" if len(text) > 200 else "")))
+    return f"({job.model}: {', '.join(parts)})"
 
 
 async def _confirmed(pubsub: PubSub) -> None:

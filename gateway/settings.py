@@ -21,6 +21,8 @@ class GatewaySettings(QueueSettings):
         4096, ge=16, description="each in-flight request holds one (its pub/sub subscription)"
     )
 
+    show_prompts: bool = Field(False, description="put the start of each prompt in task arguments (Flower, logs)")
+
     # Security and limits
     api_keys: str = Field("", description="comma-separated API keys; empty: no key needed")
     api_keys_file: Path | None = Field(None, description="a file with one API key per line")

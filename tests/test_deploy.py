@@ -66,7 +66,7 @@ def test_gateway_command_runs_the_gateway_module() -> None:
     assert f":{_arg_after(command, '--port')}/health" in health
 
 
-@pytest.mark.parametrize("service", ["worker", "flower", "worker-chatglm"])
+@pytest.mark.parametrize("service", ["worker", "worker-chatglm"])
 def test_celery_commands_name_the_workers_app(service: str) -> None:
     command = SERVICES[service]["command"]
     assert command[:3] == ["celery", "-A", "workers"]
@@ -115,3 +115,28 @@ def test_flower_asks_for_basic_auth_taken_from_the_environment() -> None:
     auth = _arg_after(SERVICES["flower"]["command"], "--basic-auth")
     assert auth.startswith("${FLOWER_BASIC_AUTH") and ":?" in auth, "required, and interpolated by compose"
     assert "FLOWER_BASIC_AUTH" not in (REPO / "Dockerfile").read_text()
+
+
+def test_flower_runs_through_the_queuechat_command_with_a_healthcheck_on_its_port() -> None:
+    command = SERVICES["flower"]["command"]
+    assert command[:2] == ["queuechat", "flower"]
+    from queuechat.cli import parser
+
+    assert parser().parse_known_args(command[1:])[0].command == "flower"
+    port = _arg_after(command, "--port")
+    assert f":{port}/healthcheck" in " ".join(SERVICES["flower"]["healthcheck"]["test"])
+
+
+def test_the_worker_healthcheck_pings_the_node_its_command_names() -> None:
+    service = SERVICES["worker"]
+    node = _arg_after(service["command"], "-n").replace("%h", "$$HOSTNAME")
+    assert f"-d {node}" in " ".join(service["healthcheck"]["test"])
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    import tomllib
+
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for top in {p.split(".")[0] for p in packages}:
+        assert f"COPY {top} ./{top}" in dockerfile, top

@@ -1,0 +1,1 @@
+"""QueueChat's command line: `queuechat serve | worker | models | chat | bench | flower`."""

@@ -1,0 +1,165 @@
+"""`queuechat`: one command for every part.
+
+    queuechat serve                     the gateway (uvicorn)
+    queuechat worker --model NAME[,..]  a Celery worker for those model queues
+    queuechat models                    the models file, and which models live workers serve
+    queuechat chat MODEL                chat in the terminal (streams; Ctrl-C stops an answer)
+    queuechat bench [ARGS]              the benchmark (python -m bench)
+    queuechat soak [ARGS]               mixed traffic and a leak report (python -m bench.soak)
+    queuechat flower [ARGS]             Flower, counting every model queue
+
+Settings come from the environment (QUEUECHAT_REDIS_URL, QUEUECHAT_MODELS_FILE, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from workers.settings import WorkerSettings
+
+
+def _serve(args: argparse.Namespace, _: list[str]) -> None:
+    from gateway.__main__ import serve
+
+    serve(args.host, args.port, args.log_level, args.access_log)
+
+
+def _worker(args: argparse.Namespace, extra: list[str]) -> None:
+    import workers
+
+    queues = [q for q in args.model.split(",") if q]
+    argv = ["worker", "-Q", ",".join(queues), "-n", args.name or f"{queues[0]}@%h", "--loglevel", args.loglevel]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    sys.argv = ["celery", "-A", "workers", *argv, *extra]  # what the start-up hooks read (-c)
+    workers.app.worker_main([*argv, *extra])
+
+
+def _models(args: argparse.Namespace, _: list[str]) -> None:
+    import redis
+
+    from adapters.select import choose_adapter
+    from workers.models_file import load_models_file
+    from workers.protocol import live_workers_key, slots_key
+
+    settings = WorkerSettings()
+    models = load_models_file(settings.models_file)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3)
+    try:
+        seconds, _micros = client.time()
+        reachable = True
+    except redis.RedisError as exc:
+        print(f"(Redis at {settings.redis_url} unreachable: {exc}; showing the models file only)")
+        reachable, seconds = False, 0
+    print(f"models file: {settings.models_file}")
+    print(f"{'model':24} {'adapter':11} {'slots':>5}  {'live workers (free/total slots)':34} path")
+    for name, spec in models.models.items():
+        live = "-"
+        if reachable:
+            workers = [w.decode() for w in client.zrangebyscore(live_workers_key(name), seconds - settings.heartbeat_ttl, "+inf")]
+            slots = {k.decode(): v.decode() for k, v in client.hgetall(slots_key(name)).items()}
+            live = ", ".join(f"{w} ({slots.get(w, '?')})" for w in workers) or "none"
+        print(f"{name:24} {choose_adapter(spec):11} {spec.slots:>5}  {live:34} {spec.path or ''}")
+
+
+def _chat(args: argparse.Namespace, _: list[str]) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=args.url, api_key=args.api_key, max_retries=0)
+    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    questions = iter([args.once]) if args.once is not None else None
+    while True:
+        try:
+            question = next(questions) if questions else input("you> ")
+        except (EOFError, StopIteration):
+            return
+        if question.strip() in ("/quit", "/exit"):
+            return
+        if not question.strip():
+            continue
+        history.append({"role": "user", "content": question})
+        answer = ""
+        try:
+            stream = client.chat.completions.create(model=args.model, messages=history, stream=True,
+                                                    max_tokens=args.max_tokens)  # fmt: skip
+            print(f"{args.model}> ", end="", flush=True)
+            for chunk in stream:
+                piece = chunk.choices[0].delta.content if chunk.choices else None
+                if piece:
+                    answer += piece
+                    print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            stream.close()  # the server cancels the request
+            print(" [stopped]", end="")
+        except openai.APIError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            history.pop()
+            if questions:
+                raise SystemExit(1) from exc
+            continue
+        print()
+        history.append({"role": "assistant", "content": answer})
+
+
+def _delegate(module: str) -> object:
+    def run(_: argparse.Namespace, extra: list[str]) -> None:
+        import importlib
+
+        sys.argv = [f"queuechat {module}", *extra]
+        importlib.import_module(module).main()
+
+    return run
+
+
+def _flower(_: argparse.Namespace, extra: list[str]) -> None:
+    from queuechat.flower import run
+
+    run(extra)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="queuechat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--access-log", action="store_true")
+    serve.set_defaults(run=_serve)
+    worker = sub.add_parser("worker", help="run a worker for model queues (extra args go to celery worker)")
+    worker.add_argument("--model", required=True, help="model name(s), comma-separated: the queues to consume")
+    worker.add_argument("--name", help="worker node name (default: MODEL@hostname)")
+    worker.add_argument("-c", "--concurrency", type=int, help="task threads (default: the models' slots)")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(run=_worker)
+    sub.add_parser("models", help="list the models file and live workers").set_defaults(run=_models)
+    chat = sub.add_parser("chat", help="chat with a model in the terminal")
+    chat.add_argument("model")
+    chat.add_argument("--url", default="http://127.0.0.1:8000/v1")
+    chat.add_argument("--api-key", default="none")
+    chat.add_argument("--system", help="a system message")
+    chat.add_argument("--max-tokens", type=int, default=None)
+    chat.add_argument("--once", help="ask one question, print the answer and exit")
+    chat.set_defaults(run=_chat)
+    sub.add_parser("bench", help="the benchmark (see --help)", add_help=False).set_defaults(run=_delegate("bench.__main__"))
+    sub.add_parser("soak", help="the soak run (see --help)", add_help=False).set_defaults(run=_delegate("bench.soak"))
+    sub.add_parser("flower", help="Flower, with every model queue", add_help=False).set_defaults(run=_flower)
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, extra = parser().parse_known_args(argv)
+    if extra and args.command in ("models", "chat", "serve"):
+        parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "serve":
+        from gateway.settings import GatewaySettings
+
+        settings = GatewaySettings()
+        args.host = args.host or settings.host
+        args.port = args.port or settings.port
+    args.run(args, extra)
+
+
+if __name__ == "__main__":
+    main()

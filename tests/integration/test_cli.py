@@ -1,0 +1,114 @@
+"""The `queuechat` command against the test stack, and Flower (started by `queuechat flower`)
+counting a model's queue while no worker serves it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.processes import BIN, REPO, Process, Worker, free_port, wait_for
+
+QUEUECHAT = str(BIN / "queuechat")
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([QUEUECHAT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_models_lists_the_models_file_and_live_workers(env, workers) -> None:
+    result = run(["models"], env)
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("tiny-a "))
+    assert "hf-causal" in line and f"{workers['tiny-a'].name} (8/8)" in line
+    assert next(l for l in result.stdout.splitlines() if l.startswith("tiny-idle ")).split()[3] == "none"
+
+
+def test_chat_once_streams_an_answer(env, gateway) -> None:
+    result = run(["chat", "tiny-a", "--url", f"{gateway.base_url}/v1", "--max-tokens", "5", "--once", "Hello"], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("tiny-a> ") and len(result.stdout.strip()) > len("tiny-a>")
+
+
+def test_chat_reports_an_unknown_model_and_fails(env, gateway) -> None:
+    result = run(["chat", "no-such-model", "--url", f"{gateway.base_url}/v1", "--once", "Hello"], env)
+    assert result.returncode == 1 and "no-such-model" in result.stderr
+
+
+def test_worker_and_serve_start_a_working_stack(env, workdir, redis_server, client) -> None:
+    worker = Process([QUEUECHAT, "worker", "--model", "echo-fast", "--name", "cli-echo@testhost"],
+                     workdir / "cli-worker.log", env)  # fmt: skip
+    port = free_port()
+    gateway = Process([QUEUECHAT, "serve", "--port", str(port)], workdir / "cli-gateway.log", env)
+    try:
+        from workers.protocol import live_workers_key
+
+        wait_for(lambda: redis_server.client.zscore(live_workers_key("echo-fast"), "cli-echo@testhost") is not None,
+                 "the CLI worker", 60, worker)  # fmt: skip
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, "the CLI gateway", 30, gateway)
+        mine = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        reply = mine.chat.completions.create(model="echo-fast", messages=[{"role": "user", "content": "abc"}], max_tokens=3)
+        assert reply.choices[0].message.content == "abc"
+    finally:
+        gateway.stop()
+        worker.stop()
+
+
+@pytest.mark.parametrize("command", ["bench", "soak", "flower"])
+def test_delegated_commands_show_their_help(env, command: str) -> None:
+    result = run([command, "--help"], env)
+    assert result.returncode == 0 and "usage" in result.stdout.lower()
+
+
+def test_flower_counts_a_queue_whose_worker_is_gone_and_shows_no_prompts(env, workdir, redis_server, gateway, client) -> None:
+    from tests.integration.test_faults import _control
+
+    port = free_port()
+    flower = Process([QUEUECHAT, "flower", f"--port={port}", "--address=127.0.0.1"], workdir / "flower.log",
+                     {**env, "FLOWER_UNAUTHENTICATED_API": "true"})  # fmt: skip
+    api = f"http://127.0.0.1:{port}/api"
+    worker = Worker(["echo-slow"], env, workdir)
+    try:
+        wait_for(lambda: httpx.get(f"{api}/workers", timeout=5).status_code == 200, "flower", 60, flower)
+        secret = "my secret prompt 4711"
+        raw = client.chat.completions.with_raw_response.create(model="tiny-a", messages=[{"role": "user", "content": secret}],
+                                                               max_tokens=2)  # fmt: skip
+        request_id = raw.headers["x-request-id"]
+        worker.wait_live(redis_server.client)
+        assert _control(redis_server).cancel_consumer("echo-slow", destination=[worker.name], reply=True, timeout=5)
+        with ThreadPoolExecutor(3) as pool:
+            waiting = [pool.submit(client.chat.completions.create, model="echo-slow", max_tokens=2,
+                                   messages=[{"role": "user", "content": "queued"}]) for _ in range(3)]  # fmt: skip
+            wait_for(lambda: redis_server.client.llen("echo-slow") == 3, "three queued tasks", 10)
+            worker.stop(signal.SIGKILL)  # the model's only worker is gone; its tasks wait in Redis
+
+            def flower_counts_three() -> bool:
+                queues = httpx.get(f"{api}/queues/length", timeout=5).json()["active_queues"]
+                return {"name": "echo-slow", "messages": 3} in queues
+
+            wait_for(flower_counts_three, "flower to count the echo-slow queue", 20, flower)
+            for future in waiting:  # the clients got 503s: no worker serves the model
+                with pytest.raises(openai.APIStatusError):
+                    future.result(timeout=30)
+        def task_info() -> dict:
+            response = httpx.get(f"{api}/task/info/{request_id}", timeout=5)
+            return response.json() if response.status_code == 200 else {}
+
+        wait_for(lambda: task_info().get("name") and task_info().get("args"), "flower to have the task's events", 20, flower)
+        task = task_info()
+        assert task["name"] == "queuechat.generate"
+        assert "tiny-a: messages=1" in task["args"] and secret not in str(task)
+    finally:
+        worker.stop(signal.SIGKILL)
+        flower.stop()
+        drain = Worker(["echo-slow"], env, workdir)  # the left tasks are dropped (their clients left)
+        try:
+            wait_for(lambda: redis_server.client.llen("echo-slow") == 0, "the echo-slow queue to drain", 30, drain)
+        finally:
+            drain.stop()

@@ -9,18 +9,18 @@ TORCH_SPEC ?= torch==2.13.0
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 EMBEDDING_MODEL := models/all-MiniLM-L6-v2
 
-.PHONY: run test venv model unit integration bench soak clean
+.PHONY: run test venv model browser unit integration bench soak clean
 
 run: venv model
 	$(PY) scripts/run_stack.py
 
-test: venv model
+test: venv model browser
 	$(PY) -m pytest -ra
 
 unit: venv
 	$(PY) -m pytest -ra tests/unit
 
-integration: venv model
+integration: venv model browser
 	$(PY) -m pytest -ra tests/integration
 
 # Throughput/latency of the full stack against in-process transformers (not a test; see README).
@@ -42,6 +42,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 model: $(MODEL_FILE) $(EMBEDDING_MODEL)
+
+# Debian's Chromium, for the chat page test (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium \
+	  || echo "could not install chromium: the chat page test will be skipped (it fails under CI)"; }
 
 $(MODEL_FILE): | venv
 	$(PY) scripts/fetch_models.py smollm2

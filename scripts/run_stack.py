@@ -112,13 +112,13 @@ def main() -> int:
                   "-n", f"{args.model}@%h", "--loglevel", "INFO"]  # fmt: skip
         stack.start("worker", worker, env)
         if args.flower_port:
-            flower = [str(BIN / "celery"), "-A", "workers", "flower",
-                      f"--port={args.flower_port}", "--address=127.0.0.1"]  # fmt: skip
+            flower = [str(BIN / "queuechat"), "flower", f"--port={args.flower_port}", "--address=127.0.0.1"]
             stack.start("flower", flower, env)
         gateway = [sys.executable, "-m", "gateway", "--host", args.host, "--port", str(args.port)]
         stack.start("gateway", gateway, env)
-        base = f"http://{args.host}:{args.port}/v1"
-        print(f"[run] gateway: {base}  (model '{args.model}' is served once its worker has loaded it)", flush=True)
+        base = f"http://{args.host}:{args.port}"
+        print(f"[run] gateway: {base}/v1  (model '{args.model}' is served once its worker has loaded it)", flush=True)
+        print(f"[run] chat page: {base}/   metrics: {base}/metrics", flush=True)
         if args.flower_port:
             print(f"[run] flower:  http://127.0.0.1:{args.flower_port}", flush=True)
         print("[run] Ctrl-C stops everything", flush=True)

@@ -113,7 +113,8 @@ def main() -> int:
         stack.start("worker", worker, env)
         if args.flower_port:
             flower = [str(BIN / "queuechat"), "flower", f"--port={args.flower_port}", "--address=127.0.0.1"]
-            stack.start("flower", flower, env)
+            # bound to 127.0.0.1 only: its HTTP API (queue lengths ...) may answer without a password
+            stack.start("flower", flower, {"FLOWER_UNAUTHENTICATED_API": "true", **env})
         gateway = [sys.executable, "-m", "gateway", "--host", args.host, "--port", str(args.port)]
         stack.start("gateway", gateway, env)
         base = f"http://{args.host}:{args.port}"

@@ -75,15 +75,27 @@ class Detokenizer(Protocol):
     def flush(self) -> str: ...
 
 
-class ModelAdapter(ABC):
-    """Loads one model family; its `DecodeBatch` gives logits that the worker's Engine samples."""
+class AdapterBase:
+    """What every adapter has: its models-file entry, the cache folder, and which engine drives
+    it (`kind`): batch (workers.engine.Engine), text (workers.serial_engine), embed."""
 
     name: ClassVar[str]
-    kind: ClassVar[str] = "batch"  # which engine drives it: batch (Engine), text (SerialEngine), embed
+    kind: ClassVar[str] = "batch"
 
     def __init__(self, spec: ModelSpec, cache_dir: Path) -> None:
         self.spec = spec
         self.cache_dir = cache_dir
+
+    def model_folder(self) -> Path:
+        """The spec's path, which must be a folder (config, weights, tokenizer)."""
+        path = self.spec.path
+        if path is None or not path.is_dir():
+            raise ModelLoadError(f"model {self.spec.name!r}: {path} is not a model folder")
+        return path
+
+
+class ModelAdapter(AdapterBase, ABC):
+    """Loads one model family; its `DecodeBatch` gives logits that the worker's Engine samples."""
 
     @abstractmethod
     def load(self) -> None:

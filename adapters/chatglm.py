@@ -20,10 +20,9 @@ from typing import Any
 
 import torch
 
-from adapters.base import AdapterError, ModelLoadError, UnsupportedParameter
+from adapters.base import AdapterBase, AdapterError, ModelLoadError, UnsupportedParameter
 from adapters.hf_causal import pick_device, pick_dtype
 from adapters.templates import Template, get_template
-from workers.models_file import ModelSpec
 from workers.protocol import ChatMessage, GenerateJob, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -33,23 +32,17 @@ class ConversationError(AdapterError):
     param = "messages"
 
 
-class ChatGLMAdapter:
+class ChatGLMAdapter(AdapterBase):
     """A text-streaming adapter (kind "text"): driven by workers.serial_engine.SerialEngine."""
 
     name = "chatglm"
     kind = "text"
 
-    def __init__(self, spec: ModelSpec, cache_dir: Any) -> None:
-        self.spec = spec
-        self.cache_dir = cache_dir
-
     def load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         started = time.monotonic()
-        path = self.spec.path
-        if path is None or not path.is_dir():
-            raise ModelLoadError(f"model {self.spec.name!r}: {path} is not a model folder")
+        path = self.model_folder()
         if not self.spec.trust_remote_code:
             raise ModelLoadError(
                 f"model {self.spec.name!r} runs its own Python code (auto_map in {path / 'config.json'}); "

@@ -13,28 +13,21 @@ from typing import Any
 
 import torch
 
-from adapters.base import AdapterError, ContextLengthExceeded, ModelLoadError
+from adapters.base import AdapterBase, AdapterError, ContextLengthExceeded
 from adapters.hf_causal import pick_device, pick_dtype
-from workers.models_file import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddingAdapter:
+class EmbeddingAdapter(AdapterBase):
     name = "embeddings"
     kind = "embed"
-
-    def __init__(self, spec: ModelSpec, cache_dir: Any) -> None:
-        self.spec = spec
-        self.cache_dir = cache_dir
 
     def load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         started = time.monotonic()
-        path = self.spec.path
-        if path is None or not path.is_dir():
-            raise ModelLoadError(f"model {self.spec.name!r}: {path} is not a model folder")
+        path = self.model_folder()
         self.device = pick_device(self.spec.device)
         remote = self.spec.trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)

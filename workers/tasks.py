@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -32,9 +34,7 @@ def embed(self: Any, payload: dict[str, Any]) -> None:
 
 
 def run_embed_job(state: WorkerState, payload: dict[str, Any]) -> None:
-    request_id = str(payload.get("request_id", "")) if isinstance(payload, dict) else ""
-    publisher = EventPublisher(state.redis, request_id)
-    try:
+    with _error_boundary(state, payload, "input") as publisher:
         job = EmbedJob.model_validate(payload)
         if job.expired or state.redis.exists(cancel_key_for(job.request_id)):
             publisher.error("expired", "the request expired before a worker was free")
@@ -46,39 +46,34 @@ def run_embed_job(state: WorkerState, payload: dict[str, Any]) -> None:
         publisher.start(worker=state.worker_id, prompt_tokens=0)
         vectors, tokens = engine.run(job)
         publisher.embeddings(vectors, tokens)
-    except ValidationError as exc:
-        publisher.error("invalid_request", f"malformed job: {exc.errors()[0]['msg']}")
-    except ContextLengthExceeded as exc:
-        publisher.error("context_length_exceeded", str(exc), param="input")
-    except AdapterError as exc:
-        publisher.error("invalid_request", str(exc), param=exc.param or "input")
-    except redis.RedisError:
-        log.exception("lost Redis while serving %s", request_id)
-    except Exception:
-        log.exception("request %s failed", request_id)
-        if not publisher.finished:
-            publisher.error("internal_error", "the worker failed while embedding; see its log")
 
 
 def run_job(state: WorkerState, payload: dict[str, Any]) -> None:
-    request_id = str(payload.get("request_id", "")) if isinstance(payload, dict) else ""
     prompt_param = "messages" if isinstance(payload, dict) and payload.get("messages") else "prompt"
+    with _error_boundary(state, payload, prompt_param) as publisher:
+        _generate(state, GenerateJob.model_validate(payload), publisher)
+
+
+@contextmanager
+def _error_boundary(state: WorkerState, payload: Any, param: str) -> Iterator[EventPublisher]:
+    """The one place a task's failures become error events (or log lines, when Redis is gone)."""
+    request_id = str(payload.get("request_id", "")) if isinstance(payload, dict) else ""
     publisher = EventPublisher(state.redis, request_id)
     try:
-        _generate(state, GenerateJob.model_validate(payload), publisher)
+        yield publisher
     except ValidationError as exc:
         log.warning("rejected malformed job %s: %s", request_id or "?", exc)
         publisher.error("invalid_request", f"malformed job: {exc.errors()[0]['msg']}")
     except ContextLengthExceeded as exc:
-        publisher.error("context_length_exceeded", str(exc), param=prompt_param)
+        publisher.error("context_length_exceeded", str(exc), param=param)
     except AdapterError as exc:
-        publisher.error("invalid_request", str(exc), param=exc.param or prompt_param)
+        publisher.error("invalid_request", str(exc), param=exc.param or param)
     except redis.RedisError:
         log.exception("lost Redis while serving %s", request_id)
     except Exception:
         log.exception("request %s failed", request_id)
         if not publisher.finished:
-            publisher.error("internal_error", "the worker failed while generating; see its log")
+            publisher.error("internal_error", "the worker failed on this request; see its log")
 
 
 def _generate(state: WorkerState, job: GenerateJob, publisher: EventPublisher) -> None:

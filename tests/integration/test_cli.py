@@ -3,10 +3,8 @@ counting a model's queue while no worker serves it."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx

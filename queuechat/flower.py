@@ -1,25 +1,37 @@
-"""`queuechat flower`: Celery's Flower, counting every model queue of the models file.
+"""Flower, counting every model queue of the models file.
 
 Flower's broker view lists the queues of the workers it has seen; a queue whose workers are all
-gone (tasks waiting for the next one) would vanish from it.  Here it always lists every model.
+gone (tasks waiting for the next one) would vanish from it.  `count_every_model_queue()` makes it
+list every model.  It is applied by `queuechat flower`, and by `celery -A workers flower` too
+(workers/__init__.py applies it when the celery command is `flower`).
 """
 
 from __future__ import annotations
 
-from workers.models_file import load_models_file
+from workers.models_file import ModelsFileError, load_models_file
 from workers.settings import WorkerSettings
 
 
-def run(argv: list[str]) -> None:
+def count_every_model_queue() -> None:
     from flower.views import BaseHandler
 
-    import workers
-
-    models = load_models_file(WorkerSettings().models_file).names
+    try:
+        models = load_models_file(WorkerSettings().models_file).names
+    except ModelsFileError:
+        return  # Flower still runs; it shows the queues of the workers it sees
     seen_by_flower = BaseHandler.get_active_queue_names
+    if getattr(seen_by_flower, "counts_every_model", False):
+        return
 
     def every_model_queue(self: BaseHandler) -> list[str]:
         return sorted(set(seen_by_flower(self)) | set(models))
 
+    every_model_queue.counts_every_model = True  # type: ignore[attr-defined]
     BaseHandler.get_active_queue_names = every_model_queue  # type: ignore[method-assign]
+
+
+def run(argv: list[str]) -> None:
+    import workers
+
+    count_every_model_queue()
     workers.app.start(["flower", *argv])

@@ -4,8 +4,15 @@ Importing this package loads no model code: tasks (and through them the adapters
 by the worker itself, listed in the app's `include`.
 """
 
+import sys
+
 from workers.celery_app import make_celery
 
 app = make_celery()
+
+if "flower" in sys.argv[1:]:  # `celery -A workers flower`: list every model queue (queuechat/flower.py)
+    from queuechat.flower import count_every_model_queue
+
+    count_every_model_queue()
 
 __all__ = ["app"]

@@ -64,11 +64,12 @@ def test_delegated_commands_show_their_help(env, command: str) -> None:
     assert result.returncode == 0 and "usage" in result.stdout.lower()
 
 
-def test_flower_counts_a_queue_whose_worker_is_gone_and_shows_no_prompts(env, workdir, redis_server, gateway, client) -> None:
+@pytest.mark.parametrize("command", [[QUEUECHAT, "flower"], [str(BIN / "celery"), "-A", "workers", "flower"]])
+def test_flower_counts_a_queue_whose_worker_is_gone_and_shows_no_prompts(command, env, workdir, redis_server, gateway, client) -> None:
     from tests.integration.test_faults import _control
 
     port = free_port()
-    flower = Process([QUEUECHAT, "flower", f"--port={port}", "--address=127.0.0.1"], workdir / "flower.log",
+    flower = Process([*command, f"--port={port}", "--address=127.0.0.1"], workdir / f"flower-{port}.log",
                      {**env, "FLOWER_UNAUTHENTICATED_API": "true"})  # fmt: skip
     api = f"http://127.0.0.1:{port}/api"
     worker = Worker(["echo-slow"], env, workdir)

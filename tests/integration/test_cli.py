@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -76,9 +77,26 @@ def test_flower_counts_a_queue_whose_worker_is_gone_and_shows_no_prompts(command
     try:
         wait_for(lambda: httpx.get(f"{api}/workers", timeout=5).status_code == 200, "flower", 60, flower)
         secret = "my secret prompt 4711"
-        raw = client.chat.completions.with_raw_response.create(model="tiny-a", messages=[{"role": "user", "content": secret}],
-                                                               max_tokens=2)  # fmt: skip
-        request_id = raw.headers["x-request-id"]
+
+        def task_info(request_id: str) -> dict:
+            response = httpx.get(f"{api}/task/info/{request_id}", timeout=5)
+            return response.json() if response.status_code == 200 else {}
+
+        def a_task_flower_recorded() -> dict:
+            """Flower's web API answers before its event receiver listens: ask until it records one."""
+            for _ in range(10):
+                raw = client.chat.completions.with_raw_response.create(
+                    model="tiny-a", messages=[{"role": "user", "content": secret}], max_tokens=2)  # fmt: skip
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline:
+                    if (task := task_info(raw.headers["x-request-id"])).get("name") and task.get("args"):
+                        return task
+                    time.sleep(0.2)
+            raise AssertionError(f"flower recorded none of 10 tasks\n{flower.log_tail()}")
+
+        task = a_task_flower_recorded()
+        assert task["name"] == "queuechat.generate"
+        assert "tiny-a: messages=1" in task["args"] and secret not in str(task)
         worker.wait_live(redis_server.client)
         assert _control(redis_server).cancel_consumer("echo-slow", destination=[worker.name], reply=True, timeout=5)
         with ThreadPoolExecutor(3) as pool:
@@ -95,14 +113,6 @@ def test_flower_counts_a_queue_whose_worker_is_gone_and_shows_no_prompts(command
             for future in waiting:  # the clients got 503s: no worker serves the model
                 with pytest.raises(openai.APIStatusError):
                     future.result(timeout=30)
-        def task_info() -> dict:
-            response = httpx.get(f"{api}/task/info/{request_id}", timeout=5)
-            return response.json() if response.status_code == 200 else {}
-
-        wait_for(lambda: task_info().get("name") and task_info().get("args"), "flower to have the task's events", 20, flower)
-        task = task_info()
-        assert task["name"] == "queuechat.generate"
-        assert "tiny-a: messages=1" in task["args"] and secret not in str(task)
     finally:
         worker.stop(signal.SIGKILL)
         flower.stop()

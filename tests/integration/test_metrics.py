@@ -95,4 +95,7 @@ def test_each_request_logs_one_line_with_its_id_and_timings(gateway, client: ope
     while request_id not in gateway.log_tail(50_000) and time.monotonic() < deadline:
         time.sleep(0.1)
     [line] = [l for l in gateway.log_tail(50_000).splitlines() if f"request {request_id} " in l]
-    assert "model=tiny-a outcome=length" in line and "queue_wait=" in line and "ttft=" in line and "tokens=4" in line
+    reply = raw.parse()
+    assert f"model=tiny-a outcome={reply.choices[0].finish_reason} " in line
+    assert f"prompt_tokens={reply.usage.prompt_tokens} tokens={reply.usage.completion_tokens} " in line
+    assert "queue_wait=" in line and "ttft=" in line and "duration=" in line

@@ -82,7 +82,7 @@ def _chat(args: argparse.Namespace, _: list[str]) -> None:
         answer = ""
         try:
             stream = client.chat.completions.create(model=args.model, messages=history, stream=True,
-                                                    max_tokens=args.max_tokens)  # fmt: skip
+                                                    max_tokens=args.max_tokens, temperature=args.temperature)  # fmt: skip
             print(f"{args.model}> ", end="", flush=True)
             for chunk in stream:
                 piece = chunk.choices[0].delta.content if chunk.choices else None
@@ -140,6 +140,7 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--api-key", default="none")
     chat.add_argument("--system", help="a system message")
     chat.add_argument("--max-tokens", type=int, default=None)
+    chat.add_argument("--temperature", type=float, default=None, help="default: the model's")
     chat.add_argument("--once", help="ask one question, print the answer and exit")
     chat.set_defaults(run=_chat)
     sub.add_parser("bench", help="the benchmark (see --help)", add_help=False).set_defaults(run=_delegate("bench.__main__"))

@@ -29,10 +29,13 @@ def test_models_lists_the_models_file_and_live_workers(env, workers) -> None:
     assert next(l for l in result.stdout.splitlines() if l.startswith("tiny-idle ")).split()[3] == "none"
 
 
-def test_chat_once_streams_an_answer(env, gateway) -> None:
-    result = run(["chat", "tiny-a", "--url", f"{gateway.base_url}/v1", "--max-tokens", "5", "--once", "Hello"], env)
+def test_chat_once_streams_an_answer(env, gateway, client) -> None:
+    args = ["--url", f"{gateway.base_url}/v1", "--max-tokens", "5", "--temperature", "0", "--once", "Hello"]
+    result = run(["chat", "tiny-a", *args], env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("tiny-a> ") and len(result.stdout.strip()) > len("tiny-a>")
+    expected = client.chat.completions.create(model="tiny-a", messages=[{"role": "user", "content": "Hello"}],
+                                              max_tokens=5, temperature=0).choices[0].message.content  # fmt: skip
+    assert result.stdout == f"tiny-a> {expected}\n"
 
 
 def test_chat_reports_an_unknown_model_and_fails(env, gateway) -> None:

@@ -141,6 +141,8 @@ class ChatGLMAdapter(AdapterBase):
                 torch.manual_seed(params.seed)  # one request at a time: the global RNG is ours
         previous = ""
         for response, _ in self.model.stream_chat(self.tokenizer, query, history=history, **kwargs):
+            if not isinstance(response, str):  # ChatGLM3 turns its own tool-call syntax into a dict
+                continue
             if not response.startswith(previous):  # the model rewrote its text (post-processing)
                 previous = response
                 continue

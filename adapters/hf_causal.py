@@ -15,12 +15,12 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from adapters.base import ModelAdapter, ModelLoadError
 from adapters.templates import Template, default_template, get_template
-from adapters.tools import choice_hint, template_messages, tool_instructions, with_system_text
+from adapters.tools import as_text_turns, choice_hint, template_dicts, tool_instructions
 from adapters.detokenize import IncrementalDetokenizer
 from adapters.gguf_cache import convert_gguf
 from adapters.hf_batch import HfDecodeBatch
 from adapters.prefix_cache import PrefixCache
-from workers.protocol import ChatMessage
+from workers.protocol import ChatMessage, with_system_text
 
 log = logging.getLogger(__name__)
 
@@ -137,18 +137,20 @@ class HfCausalAdapter(ModelAdapter):
     def chat_prompt(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None,
                     tool_choice: str | None = None) -> list[int]:  # fmt: skip
         native = self.native_tools
-        conversation = template_messages(messages, native_tools=native)
         extra: dict[str, Any] = {}
         if tools and native:
             extra["tools"] = [{"type": "function", "function": t} for t in tools]
             if hint := choice_hint(tool_choice):
-                conversation = with_system_text(conversation, hint.strip())
+                messages = with_system_text(messages, hint.strip())
         elif tools:
-            conversation = with_system_text(conversation, tool_instructions(tools, tool_choice))
+            messages = with_system_text(messages, tool_instructions(tools, tool_choice))
+        if not native:
+            messages = as_text_turns(messages)
         if self.template is not None:
-            text = self.template.render(_as_messages(conversation))
+            text = self.template.render(messages)
         else:
-            text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False, **extra)
+            text = self.tokenizer.apply_chat_template(template_dicts(messages), add_generation_prompt=True,
+                                                      tokenize=False, **extra)  # fmt: skip
         # The template already wrote any BOS it wants; do not let the tokenizer add another.
         return self.tokenizer.encode(text, add_special_tokens=False)
 
@@ -187,7 +189,3 @@ class HfCausalAdapter(ModelAdapter):
             batch.max_rows = 1
         return batch
 
-
-def _as_messages(conversation: list[dict[str, Any]]) -> list[ChatMessage]:
-    """Template dicts back to messages, for the named templates (tool calls are text by then)."""
-    return [ChatMessage(role=m["role"], content=m["content"]) for m in conversation]

@@ -38,35 +38,35 @@ def choice_hint(choice: str | None) -> str:
     return ""
 
 
-def template_messages(messages: Sequence[ChatMessage], *, native_tools: bool) -> list[dict[str, Any]]:
-    """Messages as chat-template dicts.  Without native tool support, earlier calls become
-    <tool_call> text and tool results become user turns in <tool_response> tags."""
+def as_text_turns(messages: Sequence[ChatMessage]) -> tuple[ChatMessage, ...]:
+    """For templates that know no tools: earlier calls become <tool_call> text in the assistant's
+    message, and tool results become user turns in <tool_response> tags."""
+    out = []
+    for m in messages:
+        if m.role == "tool":
+            out.append(ChatMessage(role="user", content=f"<tool_response>\n{m.content}\n</tool_response>"))
+        elif m.tool_calls:
+            calls = "\n".join(f'{OPEN}\n{{"name": {json.dumps(c.name)}, "arguments": {c.arguments}}}\n{CLOSE}'
+                              for c in m.tool_calls)  # fmt: skip
+            out.append(ChatMessage(role=m.role, content=f"{m.content}\n{calls}".strip()))
+        else:
+            out.append(m)
+    return tuple(out)
+
+
+def template_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as `apply_chat_template` takes them, tool calls and results included."""
     out: list[dict[str, Any]] = []
     for m in messages:
-        if m.role == "tool" and not native_tools:
-            out.append({"role": "user", "content": f"<tool_response>\n{m.content}\n</tool_response>"})
-            continue
         entry: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.tool_call_id:
             entry["tool_call_id"] = m.tool_call_id
         if m.tool_calls:
-            if native_tools:
-                entry["tool_calls"] = [{"id": c.id, "type": "function",
-                                        "function": {"name": c.name, "arguments": _loads(c.arguments)}}
-                                       for c in m.tool_calls]  # fmt: skip
-            else:
-                calls = "\n".join(f'{OPEN}\n{{"name": {json.dumps(c.name)}, "arguments": {c.arguments}}}\n{CLOSE}'
-                                  for c in m.tool_calls)  # fmt: skip
-                entry["content"] = f"{m.content}\n{calls}".strip()
+            entry["tool_calls"] = [{"id": c.id, "type": "function",
+                                    "function": {"name": c.name, "arguments": _loads(c.arguments)}}
+                                   for c in m.tool_calls]  # fmt: skip
         out.append(entry)
     return out
-
-
-def with_system_text(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    """`text` added to the first system message (one is created at the front if there is none)."""
-    if messages and messages[0]["role"] in ("system", "developer"):
-        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}, *messages[1:]]
-    return [{"role": "system", "content": text}, *messages]
 
 
 def _loads(arguments: str) -> Any:

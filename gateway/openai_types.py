@@ -21,9 +21,8 @@ from gateway.tool_types import (
     ToolCallIn,
     ToolChoice,
     choice_name,
-    with_instruction,
 )
-from workers.protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams, ToolCall
+from workers.protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams, ToolCall, with_system_text
 
 MAX_STOP_SEQUENCES = 4
 
@@ -207,7 +206,7 @@ class CreateChatCompletionRequest(_GenerationRequest):
     def to_jobs(self, queue_timeout: float) -> list[GenerateJob]:
         messages = tuple(m.to_message() for m in self.messages)
         if self.response_format and (instruction := self.response_format.instruction()):
-            messages = with_instruction(messages, instruction)
+            messages = with_system_text(messages, instruction)
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         params = self.sampling_params(self.max_completion_tokens or self.max_tokens, logprobs)
         chat: dict[str, Any] = {"messages": messages}

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from workers.protocol import ChatMessage
 
 
 class _Open(BaseModel):
@@ -80,11 +79,3 @@ def choice_name(choice: ToolChoice | None) -> str | None:
     if isinstance(choice, NamedToolChoice):
         return choice.function.name
     return None if choice == "none" else choice
-
-
-def with_instruction(messages: tuple[ChatMessage, ...], text: str) -> tuple[ChatMessage, ...]:
-    """`text` appended to the first system message, or a system message put first."""
-    if messages and messages[0].role in ("system", "developer"):
-        first = messages[0].model_copy(update={"content": f"{messages[0].content}\n\n{text}"})
-        return (first, *messages[1:])
-    return (ChatMessage(role="system", content=text), *messages)

@@ -9,6 +9,7 @@ one `StartEvent`, any number of `TokenEvent`s, then exactly one `DoneEvent` or `
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -109,6 +110,15 @@ class ChatMessage(_Frozen):
     content: str
     tool_calls: tuple[ToolCall, ...] | None = None  # assistant messages
     tool_call_id: str | None = None  # tool messages: which call this answers
+
+
+def with_system_text(messages: Sequence[ChatMessage], text: str) -> tuple[ChatMessage, ...]:
+    """`text` appended to the first system message, or a system message put first (instructions
+    the gateway or an adapter adds: response_format, tools)."""
+    if messages and messages[0].role in ("system", "developer"):
+        first = messages[0].model_copy(update={"content": f"{messages[0].content}\n\n{text}"})
+        return (first, *messages[1:])
+    return (ChatMessage(role="system", content=text), *messages)
 
 
 class GenerateJob(_Frozen):

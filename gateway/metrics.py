@@ -49,10 +49,10 @@ class Metrics:
         self._cluster = _ClusterCollector()
         r.register(self._cluster)
 
-    async def refresh(self, redis: Redis, models: Iterable[str], live: dict[str, list[str]]) -> None:
-        """Read the per-model state from Redis for the next scrape."""
+    async def refresh(self, redis: Redis, live: dict[str, list[str]]) -> None:
+        """Read the per-model state of every model in `live` (model -> live workers) for the next scrape."""
         pipe = redis.pipeline(transaction=False)
-        names = list(models)
+        names = list(live)
         for model in names:
             pipe.llen(model)
             pipe.hgetall(slots_key(model))

@@ -34,8 +34,18 @@ class Registry:
         announced = {m.decode() if isinstance(m, bytes) else m for m in await self._redis.smembers(MODELS_SEEN_KEY)}
         return sorted(announced | set(self._models.names))
 
+    async def live_map(self) -> dict[str, list[str]]:
+        """Every known model -> its live workers, read with one clock reading and one round trip."""
+        models = await self.known_models()
+        since = await self._now() - self._ttl
+        pipe = self._redis.pipeline(transaction=False)
+        for model in models:
+            pipe.zrangebyscore(live_workers_key(model), since, "+inf")
+        replies = await pipe.execute()
+        return {m: [w.decode() if isinstance(w, bytes) else w for w in ws] for m, ws in zip(models, replies)}
+
     async def live_models(self) -> list[str]:
-        return [m for m in await self.known_models() if await self.live_workers(m)]
+        return [m for m, workers in (await self.live_map()).items() if workers]
 
     async def require_live(self, model: str) -> None:
         """Raise 404 for a model nobody knows, 503 for a known model that no live worker serves."""
@@ -52,9 +62,6 @@ class Registry:
     def configured(self, model: str) -> bool:
         """In the models file (a bounded set: safe as a metrics label)."""
         return self._models.get(model) is not None
-
-    async def live_map(self) -> dict[str, list[str]]:
-        return {m: await self.live_workers(m) for m in await self.known_models()}
 
     def owned_by(self, model: str) -> str:
         spec = self._models.get(model)

@@ -29,11 +29,10 @@ import yaml
 
 from bench.prompts import messages
 from bench.stack import Stack
-from workers.protocol import KEY_PREFIX, MODELS_SEEN_KEY, slots_key
+from workers.protocol import KEY_PREFIX, PERMANENT_KEY_PREFIXES, slots_key
 from workers.settings import DEFAULT_MODELS_FILE
 
 _EXPECTED = {"200", "400", "404", "429", "abandoned"}
-_PERMANENT = (f"{KEY_PREFIX}live:", f"{KEY_PREFIX}slots:", f"{KEY_PREFIX}stats:", MODELS_SEEN_KEY, "_kombu.binding")
 
 
 @dataclass
@@ -123,7 +122,7 @@ def _leftovers(client: redis.Redis, model: str) -> list[str]:
     problems = []
     if channels := client.pubsub_channels(f"{KEY_PREFIX}events:*"):
         problems.append(f"{len(channels)} pub/sub channels still subscribed")
-    forever = [k for k in client.scan_iter(count=1000) if not k.decode().startswith(_PERMANENT) and client.ttl(k) == -1]
+    forever = [k for k in client.scan_iter(count=1000) if not k.decode().startswith(PERMANENT_KEY_PREFIXES) and client.ttl(k) == -1]
     if forever:
         problems.append(f"{len(forever)} keys without an expiry, e.g. {forever[:5]}")
     if waiting := client.llen(model):

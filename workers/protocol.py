@@ -48,6 +48,11 @@ def stats_key(model: str) -> str:
 
 MODELS_SEEN_KEY = f"{KEY_PREFIX}models"  # set of every model name a worker has announced
 
+# Keys that live as long as the deployment: the worker registry, and kombu's per-queue bindings
+# (one set per queue, bounded by the models file).  Every other key must carry an expiry.
+PERMANENT_KEY_PREFIXES = (f"{KEY_PREFIX}live:", f"{KEY_PREFIX}slots:", f"{KEY_PREFIX}stats:", MODELS_SEEN_KEY,
+                          "_kombu.binding")  # fmt: skip
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -40,6 +40,16 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float, proc: "Proces
     raise TimeoutError(f"timed out waiting for {what}\n{proc.log_tail() if proc else ''}")
 
 
+def eventually(condition: Callable[[], bool], timeout: float, every: float = 0.1) -> bool:
+    """Whether `condition` holds within `timeout` seconds (checked once more at the end)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return condition()
+
+
 class Process:
     def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.argv = argv

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests.integration.processes import Worker
+from tests.integration.processes import eventually as _wait
 from workers.protocol import channel_for
 
 LONG = [{"role": "user", "content": "a long echo, please"}]
@@ -42,13 +43,6 @@ def _active(redis_server, worker: Worker) -> list:
     return replies.get(worker.name, [])
 
 
-def _wait(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_closing_a_stream_stops_the_worker_and_frees_its_slot(client, redis_server, slow_worker) -> None:

@@ -4,26 +4,12 @@ the workers."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from workers.protocol import KEY_PREFIX, MODELS_SEEN_KEY, slots_key
+from tests.integration.processes import eventually as _wait
+from workers.protocol import KEY_PREFIX, PERMANENT_KEY_PREFIXES, slots_key
 
 pytestmark = pytest.mark.after_suite
-
-# The only keys meant to live forever: the worker registry and kombu's per-queue bindings (one
-# set per queue, bounded by the models file).
-_PERMANENT = (f"{KEY_PREFIX}live:", f"{KEY_PREFIX}slots:", f"{KEY_PREFIX}stats:", MODELS_SEEN_KEY, "_kombu.binding")
-
-
-def _wait(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 def test_no_subscriptions_are_left_behind(redis_server) -> None:
@@ -35,7 +21,7 @@ def test_every_other_key_expires_by_itself(redis_server) -> None:
     client = redis_server.client
     keys = [k.decode() for k in client.scan_iter(count=1000)]
     assert any(k.startswith(f"{KEY_PREFIX}cancel:") for k in keys), "the suite cancelled requests"
-    forever = [k for k in keys if not k.startswith(_PERMANENT) and client.ttl(k) == -1]
+    forever = [k for k in keys if not k.startswith(PERMANENT_KEY_PREFIXES) and client.ttl(k) == -1]
     assert forever == [], f"keys without an expiry: {forever[:20]}"
     for key in keys:
         if key.startswith(f"{KEY_PREFIX}cancel:"):

@@ -66,9 +66,11 @@ def fetch(bundle: Bundle, target: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("names", nargs="*", choices=[*BUNDLES, []], help="default: all")
+    parser.add_argument("names", nargs="*", help=f"some of {', '.join(BUNDLES)} (default: all)")
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     args = parser.parse_args()
+    if unknown := sorted(set(args.names) - set(BUNDLES)):
+        parser.error(f"unknown model {', '.join(unknown)}; known: {', '.join(BUNDLES)}")
     for name in args.names or list(BUNDLES):
         fetch(BUNDLES[name], args.models_dir / BUNDLES[name].target)
 

@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -108,6 +109,18 @@ class Worker(Process):
             return all(redis_client.zscore(live_workers_key(q), self.name) is not None for q in self.queues)
 
         wait_for(live, f"worker {self.name} to announce {self.queues}", timeout, self)
+
+
+@contextmanager
+def live_worker(queues: list[str], env: dict[str, str], workdir: Path, redis_client: redis.Redis,
+                timeout: float = 120, stop_signal: int = signal.SIGTERM) -> Iterator[Worker]:  # fmt: skip
+    """A worker for `queues`, yielded once it heartbeats for all of them; stopped afterwards."""
+    worker = Worker(queues, env, workdir)
+    try:
+        worker.wait_live(redis_client, timeout)
+        yield worker
+    finally:
+        worker.stop(stop_signal)
 
 
 class Gateway(Process):

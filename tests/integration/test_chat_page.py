@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.processes import REPO, Worker
+from tests.integration.processes import REPO, Worker, live_worker
 from workers.protocol import slots_key
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -36,12 +36,8 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def slow_worker(env, workdir, redis_server, gateway) -> Iterator[Worker]:
-    worker = Worker(["echo-slow"], env, workdir)
-    try:
-        worker.wait_live(redis_server.client)
+    with live_worker(["echo-slow"], env, workdir, redis_server.client, stop_signal=signal.SIGKILL) as worker:
         yield worker
-    finally:
-        worker.stop(signal.SIGKILL)
 
 
 def _assistant_text(page) -> str:

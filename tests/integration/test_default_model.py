@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from tests.conftest import DEFAULT_MODEL_FILE
-from tests.integration.processes import Worker
+from tests.integration.processes import Worker, live_worker
 
 pytestmark = pytest.mark.default_model
 
@@ -19,12 +19,9 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 def smollm_worker(env, workdir, redis_server, gateway) -> Iterator[Worker]:
     if not DEFAULT_MODEL_FILE.exists():
         pytest.fail(f"{DEFAULT_MODEL_FILE} is missing: `make model` fetches it")
-    worker = Worker(["smollm2-135m"], env, workdir)
-    try:
-        worker.wait_live(redis_server.client, timeout=240)  # first start converts the GGUF (~20 s)
+    # the first start converts the GGUF (~20 s)
+    with live_worker(["smollm2-135m"], env, workdir, redis_server.client, timeout=240) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 def test_default_model_knows_the_capital_of_france(client: openai.OpenAI, smollm_worker) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import EMBEDDING_MODEL_DIR
 from tests.integration import reference
-from tests.integration.processes import Worker
+from tests.integration.processes import Worker, live_worker
 from tests.integration.sse import chunks, post_stream
 from tests.spec import assert_valid
 
@@ -24,12 +24,8 @@ QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 @pytest.fixture(scope="module")
 def family_worker(env, workdir, redis_server, gateway) -> Iterator[Worker]:
-    worker = Worker(["tiny-chatglm", "tiny-glm4", "tiny-embed"], env, workdir)
-    try:
-        worker.wait_live(redis_server.client)
+    with live_worker(["tiny-chatglm", "tiny-glm4", "tiny-embed"], env, workdir, redis_server.client) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 def _chatglm_reference(folder, query: str, history: list, max_new: int) -> str:
@@ -129,13 +125,9 @@ def test_generating_with_an_embedding_model_is_a_clear_error(client, family_work
 def test_minilm_puts_similar_sentences_closer(client, env, workdir, redis_server, gateway) -> None:
     if not EMBEDDING_MODEL_DIR.exists():
         pytest.fail(f"{EMBEDDING_MODEL_DIR} is missing: `make model` fetches it")
-    worker = Worker(["all-minilm-l6-v2"], env, workdir)
-    try:
-        worker.wait_live(redis_server.client, timeout=120)
+    with live_worker(["all-minilm-l6-v2"], env, workdir, redis_server.client):
         texts = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "The stock market fell sharply today."]
         vectors = [d.embedding for d in client.embeddings.create(model="all-minilm-l6-v2", input=texts).data]
         cosine = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731  (normalized vectors)
         assert len(vectors[0]) == 384
         assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2
-    finally:
-        worker.stop()

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.processes import Worker
+from tests.integration.processes import Worker, live_worker
 from tests.integration.processes import eventually as _wait
 from workers.protocol import channel_for
 
@@ -23,12 +23,8 @@ LONG = [{"role": "user", "content": "a long echo, please"}]
 
 @pytest.fixture
 def slow_worker(env, workdir, redis_server) -> Iterator[Worker]:
-    worker = Worker(["echo-slow"], env, workdir)
-    try:
-        worker.wait_live(redis_server.client)
+    with live_worker(["echo-slow"], env, workdir, redis_server.client, stop_signal=signal.SIGKILL) as worker:
         yield worker
-    finally:
-        worker.stop(signal.SIGKILL)
 
 
 def _control(redis_server):

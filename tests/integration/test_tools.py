@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.integration.processes import Worker
+from tests.integration.processes import Worker, live_worker
 from tests.integration.sse import chunks, post_stream
 from tests.spec import assert_valid
 
@@ -22,12 +22,8 @@ ASK = [{"role": "user", "content": CALL}]
 
 @pytest.fixture(scope="module")
 def echo_worker(env, workdir, redis_server, gateway) -> Iterator[Worker]:
-    worker = Worker(["echo-fast"], env, workdir)
-    try:
-        worker.wait_live(redis_server.client)
+    with live_worker(["echo-fast"], env, workdir, redis_server.client) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 def test_a_tool_call_in_the_reply_becomes_message_tool_calls(client: openai.OpenAI, echo_worker) -> None:

@@ -143,11 +143,11 @@ async def sse_stream(choices: Choices, env: Envelope, states: list[ChoiceState],
     """The `data:` payloads of a streamed response, ending with `[DONE]`; closes `choices`."""
     try:
         async with choices:
-            for state in states:
-                if env.fmt is Format.CHAT or state.prefix:
-                    role = env.fmt is Format.CHAT
-                    yield _dump(env.wrap([env.delta(state, state.prefix or ("" if role else None), role=role)],
-                                         chunk=True))  # fmt: skip
+            for state in states:  # chat: the role first; completions with echo: the prompt first
+                if env.fmt is Format.CHAT:
+                    yield _dump(env.wrap([env.delta(state, "", role=True)], chunk=True))
+                elif state.prefix:
+                    yield _dump(env.wrap([env.delta(state, state.prefix)], chunk=True))
             async for index, event in choices:
                 state = states[index]
                 if isinstance(event, TokenEvent):

@@ -53,7 +53,8 @@ def adapter_for(spec: Any) -> type:
     """The adapter class that serves `spec` (a ModelSpec)."""
     from adapters.select import choose_adapter, read_config
 
-    return adapter_class(choose_adapter(spec), read_config(spec.path))
+    config = read_config(spec.path)
+    return adapter_class(choose_adapter(spec, config), config)
 
 
 __all__ = [

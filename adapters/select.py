@@ -30,15 +30,16 @@ def is_sentence_transformer(path: Path | None) -> bool:
     )
 
 
-def choose_adapter(spec: ModelSpec) -> str:
-    """The adapter name for `spec`: explicit, else decided by the model's files."""
+def choose_adapter(spec: ModelSpec, config: dict | None = None) -> str:
+    """The adapter name for `spec`: explicit, else decided by the model's files (`config`: its
+    config.json when the caller has read it already)."""
     if spec.adapter != "auto":
         return spec.adapter
     if spec.path is not None and spec.path.suffix == ".gguf":
         return "hf-causal"
     if is_sentence_transformer(spec.path):
         return "embeddings"
-    config = read_config(spec.path)
+    config = read_config(spec.path) if config is None else config
     model_type = config.get("model_type", "")
     architectures = config.get("architectures") or []
     if model_type == "chatglm" or model_type in NATIVE_GLM_TYPES:

@@ -36,6 +36,18 @@ class ContextLengthExceeded(AdapterError):
         self.limit = limit
 
 
+class KVCacheExceeded(AdapterError):
+    """The request would need more KV cache than the worker may ever hold for this model."""
+
+    def __init__(self, needed: int, budget: int, model: str, param: str, cause: str) -> None:
+        super().__init__(
+            f"This request needs the KV cache of {needed} tokens ({cause}), but a worker of model '{model}' "
+            f"holds at most {budget} (its kv_cache_mb). "
+            + ("Lower max_tokens." if param == "max_tokens" else "Shorten the prompt or the conversation.")
+        )
+        self.param = param
+
+
 class EmptyPrompt(AdapterError):
     def __init__(self) -> None:
         super().__init__("The prompt is empty and this model has no beginning-of-text token to start from.")
@@ -55,6 +67,15 @@ class DecodeBatch(ABC):
 
     @abstractmethod
     def __len__(self) -> int: ...
+
+    @property
+    def columns(self) -> int:
+        """Token positions each row's KV cache spans now (rows are padded to a common width)."""
+        return 0
+
+    def width_with(self, prompts: list[list[int]]) -> int:
+        """The width `prompts` would take if they joined together now (their KV cache only)."""
+        return max((len(p) for p in prompts), default=0)
 
     @abstractmethod
     def add(self, prompts: list[list[int]]) -> torch.Tensor:
@@ -128,6 +149,16 @@ class ModelAdapter(AdapterBase, ABC):
     @abstractmethod
     def detokenizer(self, prompt_ids: list[int]) -> Detokenizer:
         """Turns one sequence's generated ids into text deltas."""
+
+    @property
+    def kv_budget_tokens(self) -> int | None:
+        """Most token positions (rows x columns) the decode batch's KV cache may hold; None: no
+        bound (a model without a KV cache)."""
+        return None
+
+    def cache_stats(self) -> dict[str, int]:
+        """Counters of the adapter's caches, for the worker's heartbeat."""
+        return {}
 
     def default_sampling(self) -> dict[str, float]:
         """The model's own recommended temperature / top_p, if it ships any."""

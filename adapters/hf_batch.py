@@ -9,13 +9,17 @@ row's tokens do not depend on its neighbours (up to floating-point rounding).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from adapters.base import DecodeBatch
-from adapters.prefix_cache import PrefixCache
+from adapters.memory import give_back_free_memory
+from adapters.prefix_cache import KV, PrefixCache
+
+_LONG_PREFILL = 1024  # new tokens (rows x columns) after whose prefill freed memory is returned
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -39,6 +43,10 @@ class HfDecodeBatch(DecodeBatch):
         self._reset()
 
     def _reset(self) -> None:
+        if getattr(self, "_give_back_when_empty", False):
+            self._cache = None
+            give_back_free_memory(self._device)
+        self._give_back_when_empty = False
         self._cache = None
         self._mask: torch.Tensor | None = None  # [rows, columns]: 1 where a real token sits
         self._next_position: torch.Tensor | None = None  # [rows]: position id of each row's next token
@@ -49,6 +57,12 @@ class HfDecodeBatch(DecodeBatch):
     @property
     def columns(self) -> int:
         return 0 if self._mask is None else self._mask.shape[1]
+
+    def width_with(self, prompts: list[list[int]]) -> int:
+        """Prefilled together, rows take [their cached prefix | the rest], each part padded to
+        the longest among them."""
+        cached = [self._prefixes.cached_length(p) if self._prefixes else 0 for p in prompts]
+        return max(cached) + max(len(p) - c for p, c in zip(prompts, cached))
 
     def add(self, prompts: list[list[int]]) -> torch.Tensor:
         """Prefill the newcomers in one forward pass, each after its longest cached prefix, and join
@@ -78,11 +92,22 @@ class HfDecodeBatch(DecodeBatch):
         )  # fmt: skip
         if self._prefixes is not None:
             for r, prompt in enumerate(prompts):
-                kept = mask[r].bool()
-                self._prefixes.store(prompt, [(l.keys[r : r + 1, :, kept], l.values[r : r + 1, :, kept])
-                                              for l in cache.layers])  # fmt: skip
+                offsets = (width_p - cached[r], width_p + width_s - fresh[r] - cached[r])
+                self._prefixes.store(prompt, partial(self._row_kv, cache, r, cached[r], *offsets))
         self._merge(cache, mask)
+        if ids.numel() >= _LONG_PREFILL:  # its activations are free now; its KV goes when the batch empties
+            give_back_free_memory(self._device)
+            self._give_back_when_empty = True
         return out.logits[:, -1, :]
+
+    @staticmethod
+    def _row_kv(cache: Any, row: int, cached: int, prefix_offset: int, fresh_offset: int, start: int, end: int) -> KV:
+        """Keys and values of tokens start..end-1 of a row just prefilled: token t sits at column
+        prefix_offset + t when it was in the row's cached prefix (t < cached), else at
+        fresh_offset + t.  A block never straddles the two (both ends are block-aligned)."""
+        first = (prefix_offset if start < cached else fresh_offset) + start
+        return [(layer.keys[row : row + 1, :, first : first + end - start],
+                 layer.values[row : row + 1, :, first : first + end - start]) for layer in cache.layers]  # fmt: skip
 
     def _stack_prefixes(self, found: list, layer: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[rows, heads, width, dim] keys and values: each row's cached prefix, right-aligned."""
@@ -102,10 +127,15 @@ class HfDecodeBatch(DecodeBatch):
             self._cache, self._mask, self._next_position = cache, mask, lengths
             return
         width = max(self.columns, mask.shape[1])
-        for mine, theirs in zip(self._cache.layers, cache.layers):  # type: ignore[attr-defined]
-            mine.keys = torch.cat([_left_pad(mine.keys, width, -2), _left_pad(theirs.keys, width, -2)])
-            mine.values = torch.cat([_left_pad(mine.values, width, -2), _left_pad(theirs.values, width, -2)])
-        self._mask = torch.cat([_left_pad(self._mask, width, 1), _left_pad(mask, width, 1)])
+        joined = lambda mine, theirs: torch.cat([_left_pad(mine, width, -2), _left_pad(theirs, width, -2)])  # noqa: E731
+        # Everything new is built before anything is replaced: running out of memory half-way
+        # leaves the batch as it was.
+        layers = [(joined(mine.keys, theirs.keys), joined(mine.values, theirs.values))
+                  for mine, theirs in zip(self._cache.layers, cache.layers)]  # type: ignore[attr-defined]  # fmt: skip
+        merged_mask = torch.cat([_left_pad(self._mask, width, 1), _left_pad(mask, width, 1)])
+        for layer, (keys, values) in zip(self._cache.layers, layers):  # type: ignore[attr-defined]
+            layer.keys, layer.values = keys, values
+        self._mask = merged_mask
         self._next_position = torch.cat([self._next_position, lengths])
 
     def step(self, tokens: list[int]) -> torch.Tensor:

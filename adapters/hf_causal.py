@@ -19,6 +19,7 @@ from adapters.tools import as_text_turns, choice_hint, template_dicts, tool_inst
 from adapters.detokenize import IncrementalDetokenizer
 from adapters.gguf_cache import convert_gguf
 from adapters.hf_batch import HfDecodeBatch
+from adapters.memory import KV_CACHE_SHARE, MB, PREFIX_CACHE_SHARE, budget_bytes
 from adapters.prefix_cache import PrefixCache
 from workers.protocol import ChatMessage, with_system_text
 
@@ -75,13 +76,43 @@ class HfCausalAdapter(ModelAdapter):
                 self._forward_kwargs[name] = 1
                 break
         self._mergeable_cache = self._cache_is_plain_dynamic()
-        self._prefixes = PrefixCache() if self._mergeable_cache and self.spec.prefix_cache else None
         self._context_length = self._find_context_length()
+        self.kv_bytes_per_token = self._measure_kv_bytes_per_token()
+        kv_bytes = budget_bytes(self.spec.kv_cache_mb, KV_CACHE_SHARE, self.device)
+        self._kv_budget = max(1, kv_bytes // self.kv_bytes_per_token) if self.kv_bytes_per_token else None
+        self._prefixes = None
+        if self._mergeable_cache and self.spec.prefix_cache:
+            self._prefixes = PrefixCache(budget_bytes(self.spec.prefix_cache_mb, PREFIX_CACHE_SHARE, self.device))
         log.info(
-            "loaded %s (%s, %s on %s, context %d) in %.1f s",
-            self.spec.name, self.model.config.model_type, dtype, self.device,
-            self._context_length, time.monotonic() - started,
+            "loaded %s (%s, %s on %s, context %d) in %.1f s; KV cache: %d bytes a token, room for %s tokens; "
+            "prefix cache: %s",
+            self.spec.name, self.model.config.model_type, dtype, self.device, self._context_length,
+            time.monotonic() - started, self.kv_bytes_per_token, self._kv_budget,
+            f"{self._prefixes.max_bytes / MB:.0f} MB" if self._prefixes else "off",
         )  # fmt: skip
+
+    @torch.inference_mode()
+    def _measure_kv_bytes_per_token(self) -> int:
+        """What one more token adds to a row's KV cache, measured on a two-token forward pass
+        (whatever the architecture's heads, layers and dtype)."""
+        cache = self._new_cache()
+        ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
+        self.model(input_ids=ids, use_cache=True, **{str(self._forward_kwargs["cache"]): cache})
+        layers = getattr(cache, "layers", [])
+        total = sum(t.nbytes for layer in layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                    if isinstance(t, torch.Tensor))  # fmt: skip
+        return total // 2
+
+    @property
+    def kv_budget_tokens(self) -> int | None:
+        return self._kv_budget
+
+    def cache_stats(self) -> dict[str, int]:
+        stats = {"kv_bytes_per_token": self.kv_bytes_per_token}
+        if self._prefixes is not None:
+            stats.update(prefix_cache_bytes=self._prefixes.bytes, prefix_cache_limit_bytes=self._prefixes.max_bytes,
+                         prefix_cache_hits=self._prefixes.hits, prefix_cache_misses=self._prefixes.misses)  # fmt: skip
+        return stats
 
     def _pick_template(self) -> Template | None:
         """A named template when the models file asks for one or the tokenizer has none; else None

@@ -8,6 +8,8 @@ import torch
 
 from workers.protocol import SamplingParams
 
+SEED_RANGE = 1 << 64
+
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
     """A private RNG per request: the same seed gives the same text whatever else runs."""
@@ -17,7 +19,7 @@ def make_generator(params: SamplingParams, device: torch.device) -> torch.Genera
     if params.seed is None:
         gen.seed()
     else:
-        gen.manual_seed(params.seed)
+        gen.manual_seed(params.seed % SEED_RANGE)  # any integer: the generator takes 64 bits
     return gen
 
 
@@ -37,22 +39,31 @@ def apply_penalties(logits: torch.Tensor, counts: Counter[int], params: Sampling
     return adjusted
 
 
+def _greedy(logits: torch.Tensor) -> int:
+    return int(torch.argmax(torch.nan_to_num(logits.float(), nan=float("-inf"))))
+
+
 def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """`logits` is the 1-D row for the last position."""
+    """`logits` is the 1-D row for the last position.  Computed in float32; a distribution that
+    degenerates anyway (non-finite logits, no mass left) gives the likeliest token instead."""
     if params.greedy or generator is None:
-        return int(torch.argmax(logits))
+        return _greedy(logits)
     if logits.device != generator.device:  # per-request generators live on the CPU
         logits = logits.to(generator.device)
-    logits = logits.float() / params.temperature
-    if params.top_k is not None and params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    scaled = logits.float() / params.temperature
+    if params.top_k is not None and params.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, params.top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of strictly better tokens
-        sorted_probs[before >= params.top_p] = 0.0
+        drop = before >= params.top_p
+        drop[0] = False  # the likeliest token always stays, however small top_p is
+        sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
+        return _greedy(logits)
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

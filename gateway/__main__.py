@@ -9,6 +9,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from gateway.connections import guarded_protocol
 from gateway.settings import GatewaySettings
 
 
@@ -24,8 +25,11 @@ def log_config(level: str) -> dict[str, Any]:
 
 
 def serve(host: str, port: int, log_level: str = "info", access_log: bool = False) -> None:
-    """uvicorn's access log is off by default: queuechat.requests writes a richer line per request."""
-    uvicorn.run("gateway:create_app", factory=True, host=host, port=port, log_level=log_level,
+    """uvicorn's access log is off by default: queuechat.requests writes a richer line per request.
+    Connections are guarded against slow clients and counted (gateway/connections.py)."""
+    settings = GatewaySettings()
+    protocol = guarded_protocol(settings.header_timeout, settings.max_connections)
+    uvicorn.run("gateway:create_app", factory=True, host=host, port=port, log_level=log_level, http=protocol,
                 log_config=log_config(log_level), access_log=access_log)  # fmt: skip
 
 

@@ -51,7 +51,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    app.add_middleware(GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes,
+                       body_timeout=settings.body_timeout)  # fmt: skip
     for module in (chat, completions, embeddings, models, health, metrics_route, page):
         app.include_router(module.router)
     return app

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -13,6 +15,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from workers.protocol import ErrorEvent
 
 log = logging.getLogger(__name__)
+
+# What a broken or unreachable Redis raises: redis-py's errors, and kombu's when sending a task.
+QUEUE_ERRORS = (redis.exceptions.RedisError, kombu.exceptions.OperationalError)
 
 
 class APIError(Exception):
@@ -142,11 +147,38 @@ async def _api_error(_: Request, exc: APIError) -> JSONResponse:
     return exc.response()
 
 
+class RequestTimeout(APIError):
+    """The client took too long to send its request (see gateway/connections.py)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+# FastAPI's words when a body is not JSON it can parse (invalid UTF-8, nesting too deep ...).
+_UNPARSABLE_BODY = "There was an error parsing the body"
+
+
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    kind = {404: NotFound, 405: InvalidRequest, 413: PayloadTooLarge}.get(exc.status_code, APIError)
-    error = kind(str(exc.detail), code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code))
-    error.status = exc.status_code
+    """Errors raised by Starlette/FastAPI themselves, in OpenAI's shape: a client's mistake
+    (4xx) is an invalid_request_error, whatever the framework called it."""
+    status, detail = exc.status_code, str(exc.detail)
+    if status == 400 and detail == _UNPARSABLE_BODY:
+        return InvalidRequest("The request body is not valid JSON (or not UTF-8, or nested too deeply).",
+                              code="invalid_json").response()  # fmt: skip
+    kind = {404: NotFound, 408: RequestTimeout, 413: PayloadTooLarge}.get(status)
+    if kind is None:
+        kind = InvalidRequest if 400 <= status < 500 else APIError
+    codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+    error = kind(detail, code=codes.get(status), headers=dict(exc.headers or {}) or None)
+    error.status = status
     return error.response()
+
+
+async def _queue_error(_: Request, exc: Exception) -> JSONResponse:
+    """A Redis or kombu error that no route turned into an APIError: still a 503, not a 500."""
+    log.warning("the queue failed: %s", exc)
+    return ServiceUnavailable(f"The queue is unreachable: {exc}", code="queue_unavailable").response()
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -158,4 +190,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(APIError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    for kind in QUEUE_ERRORS:
+        app.add_exception_handler(kind, _queue_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -79,10 +79,42 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _GenerationRequest(BaseModel):
-    """Fields shared by chat and completions requests."""
+def unencodable_text(value: Any) -> str | None:
+    """Where in a parsed JSON body a string cannot be encoded as UTF-8 (a lone surrogate such as
+    "\\ud800", which JSON can spell but no tokenizer takes), as a parameter path; None if nowhere.
+    Iterative, so a deeply nested body cannot exhaust the stack."""
+    todo: list[tuple[Any, str]] = [(value, "")]
+    while todo:
+        item, path = todo.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "body"
+        elif isinstance(item, dict):
+            todo.extend((k, path or "body") for k in item)  # a key is text too
+            todo.extend((v, f"{path}.{k}" if path else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+    return None
+
+
+class _Request(BaseModel):
+    """What every request body shares: unknown fields are ignored, text must be valid Unicode."""
 
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        if (where := unencodable_text(data)) is not None:
+            raise InvalidRequest(f"Invalid value for '{where}': the text holds a lone surrogate (such as \\ud800), "
+                                 "which is not valid Unicode.", param=where)  # fmt: skip
+        return data
+
+
+class _GenerationRequest(_Request):
+    """Fields shared by chat and completions requests."""
 
     model: Annotated[str, Field(min_length=1)]
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -90,7 +122,7 @@ class _GenerationRequest(BaseModel):
     top_k: int | None = Field(None, ge=-1, description="extension (as vLLM): sample among the k likeliest; -1 or 0: off")
     max_tokens: int | None = Field(None, ge=1)
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(1 << 63), le=(1 << 63) - 1, description="int64, as OpenAI's")
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(None, max_length=300)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -244,9 +276,7 @@ class CreateCompletionRequest(_GenerationRequest):
 MAX_EMBEDDING_INPUTS = 2048  # as OpenAI
 
 
-class CreateEmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class CreateEmbeddingRequest(_Request):
     model: Annotated[str, Field(min_length=1)]
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"

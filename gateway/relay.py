@@ -21,7 +21,14 @@ from celery import Celery
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from gateway.errors import APIError, ClientClosedRequest, InternalError, RateLimited, ServiceUnavailable
+from gateway.errors import (
+    QUEUE_ERRORS,
+    APIError,
+    ClientClosedRequest,
+    InternalError,
+    RateLimited,
+    ServiceUnavailable,
+)
 from gateway.metrics import Metrics, RequestTrace
 from gateway.registry import Registry
 from workers.protocol import (
@@ -31,6 +38,7 @@ from workers.protocol import (
     EmbedJob,
     Event,
     GenerateJob,
+    KeepAliveEvent,
     StartEvent,
     cancel_key_for,
     channel_for,
@@ -78,7 +86,7 @@ class Relay:
                     raise
             finally:
                 self._sending[job.model] -= 1
-        except redis.exceptions.RedisError as exc:
+        except QUEUE_ERRORS as exc:
             raise ServiceUnavailable(f"The queue is unreachable: {exc}", code="queue_unavailable") from exc
         return stream
 
@@ -179,15 +187,19 @@ class EventStream:
         return event
 
     async def _next_event(self) -> Event:
-        try:
-            event = await self._receive()
-        except redis.exceptions.RedisError as exc:
-            raise ServiceUnavailable(f"Lost the connection to the queue: {exc}", code="queue_unavailable") from exc
-        if event.seq != self._next_seq:
-            raise InternalError(
-                f"Lost part of the response (expected event {self._next_seq}, got {event.seq}).", code="event_gap"
-            )
-        return event
+        """The next event that carries something: keep-alives only restart the idle timer."""
+        while True:
+            try:
+                event = await self._receive()
+            except redis.exceptions.RedisError as exc:
+                raise ServiceUnavailable(f"Lost the connection to the queue: {exc}", code="queue_unavailable") from exc
+            if event.seq != self._next_seq:
+                raise InternalError(
+                    f"Lost part of the response (expected event {self._next_seq}, got {event.seq}).", code="event_gap"
+                )
+            if not isinstance(event, KeepAliveEvent):
+                return event
+            self._next_seq += 1
 
     async def _receive(self) -> Event:
         if time.monotonic() - self._last_check > _POLL_SECONDS:  # even while events flow
@@ -222,17 +234,24 @@ class EventStream:
             raise ServiceUnavailable(f"The worker serving this request ({self._worker}) stopped.", code="worker_lost")
 
     async def aclose(self) -> None:
-        """Unsubscribe; if the response is incomplete, tell the worker to stop (or never start)."""
+        """If the response is incomplete, tell the worker to stop (or never start); then drop the
+        subscription and its connection, whatever the first step did: a Redis that refuses a
+        write, or has gone away, must not leave a subscription or a socket behind."""
         if self._closed:
             return
         self._closed = True
         if self.trace is not None:
             self.trace.close()
+        request_id = self.job.request_id
         with anyio.CancelScope(shield=True):
             try:
                 if not self._finished:
-                    await self._relay.redis.set(cancel_key_for(self.job.request_id), 1, ex=int(self._relay.queue_timeout) + 60)
-                await self._pubsub.unsubscribe()
-                await self._pubsub.aclose()
+                    await self._relay.redis.set(cancel_key_for(request_id), 1, ex=int(self._relay.queue_timeout) + 60)
             except redis.exceptions.RedisError as exc:
-                log.warning("cleanup of %s failed: %s", self.job.request_id, exc)
+                log.warning("could not tell the worker to stop %s: %s", request_id, exc)
+            try:
+                await self._pubsub.unsubscribe()
+            except redis.exceptions.RedisError as exc:
+                log.warning("could not unsubscribe %s: %s", request_id, exc)
+            finally:
+                await self._pubsub.aclose()  # disconnects: Redis ends the subscription in any case

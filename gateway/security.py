@@ -1,12 +1,18 @@
-"""API keys and the request body limit, as ASGI middleware: no route can forget them.
+"""API keys and the request body's size and time limits, as ASGI middleware: no route can
+forget them.
 
 Keys are compared in constant time (every key is checked, whatever matches).  `/health` stays
-open so load balancers and orchestrators can probe it.
+open so load balancers and orchestrators can probe it.  A body must arrive whole within
+`body_timeout` seconds of the request's start, else 408 (a slow client cannot hold a connection
+and a task forever; the headers' own limit is in gateway/connections.py).
 """
 
 from __future__ import annotations
 
 import hmac
+import time
+
+import anyio
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,10 +37,11 @@ def key_matches(presented: bytes, keys: list[bytes]) -> bool:
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, keys: list[str], max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, keys: list[str], max_body_bytes: int, body_timeout: float = 30.0) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,17 +61,26 @@ class GuardMiddleware:
         await self._call_counting(scope, receive, send)
 
     async def _call_counting(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Bodies without a Content-Length (chunked) are counted as they arrive; the error handlers
-        turn the HTTPException raised while the body is read into a 413 in OpenAI's shape."""
-        seen = 0
+        """Bodies without a Content-Length (chunked) are counted as they arrive, and every body
+        is timed until its last byte; the error handlers turn the HTTPException raised while the
+        body is read into a 413 or 408 in OpenAI's shape."""
+        seen, whole = 0, False
+        deadline = time.monotonic() + self.body_timeout
 
         async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, whole
+            if whole:  # after the body only a disconnect can come: no time limit on waiting for it
+                return await receive()
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic())) as timer:
+                message = await receive()
+            if timer.cancelled_caught:
+                raise HTTPException(408, f"The request body did not arrive within {self.body_timeout:g} s.",
+                                    headers={"Connection": "close"})  # fmt: skip
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
                     raise HTTPException(413, self._too_large().message)
+                whole = not message.get("more_body", False)
             return message
 
         await self.app(scope, counting_receive, send)

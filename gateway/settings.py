@@ -31,6 +31,9 @@ class GatewaySettings(QueueSettings):
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request may ask for")
     max_messages: int = Field(512, ge=1)
     max_prompt_chars: int = Field(200_000, ge=1, description="total characters of messages or prompt")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a client has to send a request's headers")
+    body_timeout: float = Field(30.0, gt=0, description="seconds a client has to send a request's body")
+    max_connections: int = Field(4096, ge=1, description="open connections beyond which requests get 503")
 
     def keys(self) -> list[str]:
         """Every accepted API key (environment and file); empty means the API is open."""

@@ -4,6 +4,11 @@ Requests join the running batch at the next step boundary (prefilled together wi
 newcomers) and leave it as soon as they finish or are cancelled, each with its own sampling
 parameters, random generator, stop sequences and token limit.  Chat and completions share this
 path; only the prompt building differs.  No Celery here: results go to each request's `Sink`.
+
+One request cannot hurt another: a request joins only when the batch's KV cache, with it, stays
+within the model's budget (else it waits; one that could never fit is refused before it starts),
+a failure while sampling or emitting one row fails that row alone, and a failed prefill fails
+only the newcomers.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +24,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from adapters import ContextLengthExceeded, EmptyPrompt, ModelAdapter, UnsupportedParameter
+from adapters import ContextLengthExceeded, EmptyPrompt, KVCacheExceeded, ModelAdapter, UnsupportedParameter
 from adapters.base import Detokenizer
 from adapters.sampling import apply_penalties, logprobs_of, make_generator, next_token
 from adapters.stops import StopMatcher
@@ -37,6 +43,9 @@ class Sink(Protocol):
     def done(self, finish_reason: FinishReason, usage: Usage) -> None: ...
 
     def error(self, code: ErrorCode, message: str, param: str | None = None) -> None: ...
+
+    def keepalive(self) -> None:
+        """The request is alive though it has nothing to send (text held back, waiting for room)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +74,18 @@ class Sequence:
     counts: Counter[int] = field(default_factory=Counter)  # generated tokens, for penalties
     cancelled: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
+    last_sent: float = field(default_factory=time.monotonic)  # when its sink last heard from the engine
 
 
 class Engine:
-    def __init__(self, adapter: ModelAdapter, slots: int = 1, on_step_end: Callable[[], None] = lambda: None):
+    def __init__(self, adapter: ModelAdapter, slots: int = 1, on_step_end: Callable[[], None] = lambda: None,
+                 keepalive: float = 5.0) -> None:  # fmt: skip
         self.adapter = adapter
         self._batch = adapter.new_batch()
         self.slots = max(1, min(slots, self._batch.max_rows))
+        self.kv_budget = adapter.kv_budget_tokens  # token positions (rows x columns); None: unbounded
         self._on_step_end = on_step_end
+        self._keepalive = keepalive  # seconds a request may go without an event
         # Defaults for a request's unset temperature / top_p: the models file, then the model.
         chosen = adapter.spec.defaults.model_dump(exclude_none=True, exclude={"max_tokens"})
         self._defaults = {**adapter.default_sampling(), **chosen}
@@ -91,8 +104,13 @@ class Engine:
         return max(0, self.slots - len(self._rows) - len(self._waiting))
 
     def stats(self) -> dict[str, int]:
-        """Counters for metrics: requests in the batch, its size, tokens generated since start."""
-        return {"running": len(self._rows), "slots": self.slots, "tokens": self.generated_tokens}
+        """Counters for metrics: requests in the batch, its size, tokens generated since start,
+        the KV cache it holds and may hold (token positions), the adapter's caches."""
+        stats = {"running": len(self._rows), "slots": self.slots, "tokens": self.generated_tokens,
+                 "waiting": len(self._waiting), "kv_tokens": len(self._batch) * self._batch.columns}  # fmt: skip
+        if self.kv_budget is not None:
+            stats["kv_budget_tokens"] = self.kv_budget
+        return {**stats, **self.adapter.cache_stats()}
 
     # ---- called from request threads -------------------------------------------------------
 
@@ -107,10 +125,35 @@ class Engine:
             raise EmptyPrompt()
         if len(ids) >= self.adapter.context_length:
             raise ContextLengthExceeded(len(ids), self.adapter.context_length)
+        self._check_budget(job, len(ids))
         if any(not 0 <= token < self.adapter.vocab_size for token, _ in job.params.logit_bias):
             raise UnsupportedParameter("logit_bias", self.adapter.spec.name,
                                        f"holds a token id outside this model's vocabulary (0..{self.adapter.vocab_size - 1})")  # fmt: skip
         return ids
+
+    def _check_budget(self, job: GenerateJob, prompt_tokens: int) -> None:
+        """Refuse a request that could not fit in the KV cache even alone: a prompt that fills it,
+        or an explicit max_tokens beyond it (an implicit limit is cut to fit instead)."""
+        budget, prompt_param = self.kv_budget, "messages" if job.messages is not None else "prompt"
+        if budget is None:
+            return
+        if prompt_tokens >= budget:
+            raise KVCacheExceeded(prompt_tokens + 1, budget, self.adapter.spec.name, prompt_param,
+                                  f"a prompt of {prompt_tokens} and at least one new token")  # fmt: skip
+        asked = job.params.max_tokens
+        if asked is not None and prompt_tokens + min(asked, self.adapter.context_length - prompt_tokens) > budget:
+            raise KVCacheExceeded(prompt_tokens + asked, budget, self.adapter.spec.name, "max_tokens",
+                                  f"a prompt of {prompt_tokens} and max_tokens {asked}")  # fmt: skip
+
+    def _limit(self, params: SamplingParams, prompt_tokens: int) -> int:
+        """Most tokens a request may generate: its max_tokens (else the models file's default),
+        within the context and, for an implicit limit, within the KV cache budget."""
+        room = self.adapter.context_length - prompt_tokens
+        if params.max_tokens is not None:
+            return min(params.max_tokens, room)
+        if self.kv_budget is not None:
+            room = min(room, self.kv_budget - prompt_tokens)
+        return min(self._default_max_tokens or room, room)
 
     def submit_job(self, job: GenerateJob, prompt_ids: list[int], sink: Sink) -> Sequence:
         """Queue `job` (tokenized by `prompt_ids`); chats also stop at the template's boundaries."""
@@ -121,11 +164,10 @@ class Engine:
                extra_stops: tuple[str, ...] = ()) -> Sequence:  # fmt: skip
         """Queue a sequence for the next step boundary; its results go to `sink`."""
         params = params.resolved(**self._defaults)
-        room = self.adapter.context_length - len(prompt_ids)
         seq = Sequence(
             prompt_ids=prompt_ids,
             params=params,
-            limit=min(params.max_tokens or self._default_max_tokens or room, room),
+            limit=self._limit(params, len(prompt_ids)),
             sink=sink,
             detokenizer=self.adapter.detokenizer(prompt_ids),
             stops=StopMatcher(params.stop + tuple(s for s in extra_stops if s not in params.stop)),
@@ -180,9 +222,10 @@ class Engine:
                     self._wake.wait()
                 if self._closing:
                     break
-                room = self.slots - len(self._rows)
-                joiners = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                joiners = self._admit()
+                waiting = list(self._waiting)
             try:
+                self._send_keepalives([*self._rows, *waiting])
                 self._step(joiners)
             except Exception:  # a broken step must not kill the worker: fail its requests, start afresh
                 log.exception("decode step failed; failing %d requests", len(self._rows) + len(joiners))
@@ -197,12 +240,47 @@ class Engine:
             self._fail(seq, "internal_error", "the worker is shutting down")
         self._on_step_end()
 
+    def _admit(self) -> list[Sequence]:
+        """The waiting requests that join now, in arrival order: while a slot is free and the KV
+        cache, with them, stays within the budget (the first in line always fits an empty batch)."""
+        joiners: list[Sequence] = []
+        while self._waiting and len(self._rows) + len(joiners) < self.slots:
+            candidates = [*joiners, self._waiting[0]]
+            if self.kv_budget is not None and (self._rows or joiners) and self._peak_kv(candidates) > self.kv_budget:
+                break
+            joiners.append(self._waiting.popleft())
+        return joiners
+
+    def _peak_kv(self, joiners: list[Sequence]) -> int:
+        """Token positions the batch's KV cache could reach with `joiners` in it: every row padded
+        to the widest, growing one column a step until the longest-running row is done."""
+        rows = [*self._rows, *joiners]
+        width = max(self._batch.columns, self._batch.width_with([s.prompt_ids for s in joiners]))
+        return len(rows) * (width + max(s.limit - s.produced for s in rows))
+
+    def _send_keepalives(self, seqs: list[Sequence]) -> None:
+        """A request that has had no event for a while (text held back for a stop sequence, or
+        waiting for room) gets a keep-alive, so its gateway can tell a busy worker from a dead one."""
+        now = time.monotonic()
+        for seq in seqs:
+            if now - seq.last_sent >= self._keepalive and not seq.finished.is_set():
+                seq.last_sent = now
+                seq.sink.keepalive()
+
     @torch.inference_mode()
     def _step(self, joiners: list[Sequence]) -> None:
         """Prefill the newcomers together, in one forward pass (the others wait that step), else
-        decode one token for every running sequence."""
+        decode one token for every running sequence.  A failed prefill fails only the newcomers
+        (the batch is left as it was)."""
         if joiners:
-            logits = self._batch.add([seq.prompt_ids for seq in joiners])
+            try:
+                logits = self._batch.add([seq.prompt_ids for seq in joiners])
+            except Exception:
+                log.exception("prefilling %d new requests failed; the %d running ones go on", len(joiners),
+                              len(self._rows))  # fmt: skip
+                for seq in joiners:
+                    self._fail(seq, "internal_error", "the model failed on this prompt; see the worker log")
+                return
             offset = len(self._rows)
             self._rows.extend(joiners)
             self._advance(joiners, logits, offset)
@@ -217,16 +295,24 @@ class Engine:
         for i, seq in enumerate(stepping):
             if seq.cancelled:
                 self._fail(seq, "cancelled", "the client cancelled the request")
-            else:
-                token = self._choose(seq, logits[i], greedy[i])
-                logprob = self._logprob(logits[i], token, seq.params.logprobs)
-                if not self._accept(seq, token, logprob):
-                    continue
+            elif not self._advance_row(seq, logits[i], greedy[i]):
+                continue
             done.append(offset + i)
         if done:
             self._batch.remove(done)
             gone = set(done)
             self._rows = [s for i, s in enumerate(self._rows) if i not in gone]
+
+    def _advance_row(self, seq: Sequence, logits: torch.Tensor, argmax: int) -> bool:
+        """Sample, emit and account one token of `seq`; whether it is finished.  Whatever goes
+        wrong here fails this request alone."""
+        try:
+            token = self._choose(seq, logits, argmax)
+            return self._accept(seq, token, self._logprob(logits, token, seq.params.logprobs))
+        except Exception:
+            log.exception("generating a token failed; failing that request only")
+            self._fail(seq, "internal_error", "the worker failed while generating this request; see its log")
+            return True
 
     @staticmethod
     def _choose(seq: Sequence, logits: torch.Tensor, argmax: int) -> int:
@@ -262,6 +348,7 @@ class Engine:
             text += seq.stops.flush()
         if text or logprob is not None:
             seq.sink.token(text, (logprob,) if logprob is not None else None)
+            seq.last_sent = time.monotonic()
         if finish is not None:
             seq.sink.done(finish, Usage(prompt_tokens=len(seq.prompt_ids), completion_tokens=seq.produced))
             seq.finished.set()
@@ -289,3 +376,6 @@ class _QueueSink:
 
     def error(self, code: ErrorCode, message: str, param: str | None = None) -> None:
         self.items.put(Cancelled() if code == "cancelled" else RuntimeError(f"{code}: {message}"))
+
+    def keepalive(self) -> None:
+        pass

@@ -108,19 +108,19 @@ def load_engines(settings: WorkerSettings, queues: list[str], outbox: Outbox) ->
         adapter = adapter_for(spec)(spec, settings.cache_dir)
         log.info("loading model %s (adapter %s) from %s", name, adapter.name, spec.path)
         adapter.load()
-        engines[name] = make_engine(adapter, spec, outbox)
+        engines[name] = make_engine(adapter, spec, outbox, settings.keepalive_interval)
         log.info("model %s serves up to %d requests together", name, engines[name].slots)
     return engines
 
 
-def make_engine(adapter: Any, spec: ModelSpec, outbox: Outbox) -> AnyEngine:
+def make_engine(adapter: Any, spec: ModelSpec, outbox: Outbox, keepalive: float = 5.0) -> AnyEngine:
     """Batched decoding for logit-producing adapters, one at a time for text-producing ones
     (remote-code ChatGLM), the embedding engine for encoders."""
     if adapter.kind == "text":
-        return SerialEngine(adapter, on_step_end=outbox.flush)
+        return SerialEngine(adapter, on_step_end=outbox.flush, keepalive=keepalive)
     if adapter.kind == "embed":
         return EmbeddingEngine(adapter, slots=spec.slots)
-    return Engine(adapter, slots=spec.slots, on_step_end=outbox.flush)
+    return Engine(adapter, slots=spec.slots, on_step_end=outbox.flush, keepalive=keepalive)
 
 
 def pool_slots(spec: ModelSpec) -> int:

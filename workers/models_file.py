@@ -50,6 +50,10 @@ class ModelSpec(BaseModel):
     max_context: int | None = Field(None, ge=16, description="cap on prompt + completion tokens")
     slots: int = Field(8, ge=1, le=1024, description="requests decoded together (continuous batching)")
     prefix_cache: bool = Field(True, description="reuse the KV cache of prompt prefixes seen before")
+    prefix_cache_mb: float | None = Field(None, ge=0, description="bound on the prefix cache (default: a tenth of "
+                                          "the memory free once the model is loaded)")
+    kv_cache_mb: float | None = Field(None, gt=0, description="bound on the decode batch's KV cache; requests wait "
+                                      "for room (default: 30% of the memory free once the model is loaded)")
     trust_remote_code: bool = False
     defaults: SamplingDefaults = SamplingDefaults()
     options: dict[str, Any] = Field(default_factory=dict, description="adapter-specific settings")

@@ -2,7 +2,8 @@
 
 Depends on pydantic only.  A request travels as one `GenerateJob` (the Celery task's single
 argument); its results come back as numbered events on the pub/sub channel `channel_for(id)`:
-one `StartEvent`, any number of `TokenEvent`s, then exactly one `DoneEvent` or `ErrorEvent`.
+one `StartEvent`, any number of `TokenEvent`s (and `KeepAliveEvent`s while there is nothing to
+send), then exactly one `DoneEvent` or `ErrorEvent`.
 `seq` starts at 0 and grows by one per event, so the receiver can detect a lost event.
 """
 
@@ -60,6 +61,7 @@ class _Frozen(BaseModel):
 
 OPENAI_TEMPERATURE = 1.0  # what OpenAI uses when a request says nothing
 OPENAI_TOP_P = 1.0
+SAMPLING_EPS = 1e-5  # a temperature or top_p below this samples the likeliest token: greedy
 
 
 class SamplingParams(_Frozen):
@@ -82,7 +84,11 @@ class SamplingParams(_Frozen):
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Only the likeliest token can come out: temperature or top_p (once resolved) is 0 or
+        so small that dividing by it would overflow."""
+        return (self.temperature is not None and self.temperature < SAMPLING_EPS) or (
+            self.top_p is not None and self.top_p < SAMPLING_EPS
+        )
 
     @property
     def penalized(self) -> bool:
@@ -202,6 +208,15 @@ class TokenEvent(_Frozen):
     logprobs: tuple[TokenLogprob, ...] | None = None
 
 
+class KeepAliveEvent(_Frozen):
+    """The worker is still on the request but has nothing to send yet (text held back while it
+    may be the start of a stop sequence, or the request waits for room in the batch).  The
+    gateway's idle timer measures the worker's silence, not the text's."""
+
+    type: Literal["alive"] = "alive"
+    seq: int
+
+
 class DoneEvent(_Frozen):
     type: Literal["done"] = "done"
     seq: int
@@ -237,7 +252,8 @@ class ErrorEvent(_Frozen):
     param: str | None = None
 
 
-Event = Annotated[Union[StartEvent, TokenEvent, DoneEvent, ErrorEvent, EmbeddingsEvent], Field(discriminator="type")]
+Event = Annotated[Union[StartEvent, TokenEvent, KeepAliveEvent, DoneEvent, ErrorEvent, EmbeddingsEvent],
+                  Field(discriminator="type")]  # fmt: skip
 FINAL_EVENTS = (DoneEvent, ErrorEvent, EmbeddingsEvent)
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 

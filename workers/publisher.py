@@ -1,7 +1,8 @@
 """Publishes one request's events, numbered from 0, on its pub/sub channel.
 
 Events are published at once, or, once a request is in the engine, collected in an `Outbox`
-and sent with every other request's events of the same decode step in one round trip.
+and sent with every other request's events of the same decode step in one round trip.  An error
+is sent at once either way: the engine's next step may be far off, or never come.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from workers.protocol import (
     ErrorCode,
     ErrorEvent,
     Event,
+    KeepAliveEvent,
     StartEvent,
     TokenEvent,
     TokenLogprob,
@@ -35,6 +37,7 @@ class Outbox:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._lock = threading.Lock()
+        self._sending = threading.Lock()  # one flush at a time: a request's events stay in order
         self._pending: list[tuple[str, bytes, EventPublisher]] = []
 
     def put(self, channel: str, data: bytes, sender: EventPublisher) -> None:
@@ -42,6 +45,10 @@ class Outbox:
             self._pending.append((channel, data, sender))
 
     def flush(self) -> None:
+        with self._sending:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
         if not pending:
@@ -95,6 +102,11 @@ class EventPublisher:
         self._publish(EmbeddingsEvent, vectors=vectors, prompt_tokens=prompt_tokens)
         self.finished = True
 
+    def keepalive(self) -> None:
+        self._publish(KeepAliveEvent)
+
     def error(self, code: ErrorCode, message: str, param: str | None = None) -> None:
         self._publish(ErrorEvent, code=code, message=message, param=param)
         self.finished = True
+        if self._outbox is not None:
+            self._outbox.flush()

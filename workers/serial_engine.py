@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +35,10 @@ class TextRequest:
 class SerialEngine:
     slots = 1
 
-    def __init__(self, adapter: Any, on_step_end: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, adapter: Any, on_step_end: Callable[[], None] = lambda: None, keepalive: float = 5.0) -> None:
         self.adapter = adapter
         self._on_step_end = on_step_end
+        self._keepalive = keepalive  # seconds a request may go without an event
         chosen = adapter.spec.defaults.model_dump(exclude_none=True, exclude={"max_tokens"})
         self._defaults = {**adapter.default_sampling(), **chosen}
         self._default_max_tokens = adapter.spec.defaults.max_tokens
@@ -101,7 +103,7 @@ class SerialEngine:
         if request.cancelled:
             request.sink.error("cancelled", "the client cancelled the request")
             return
-        generated, finish = "", None
+        generated, finish, last_sent = "", None, time.monotonic()
         stream = self.adapter.stream(request.job, request.params, request.limit, len(request.prompt_ids))
         try:
             for delta in stream:
@@ -114,8 +116,9 @@ class SerialEngine:
                     finish = "stop"
                 elif self.adapter.count_tokens(generated) >= request.limit:
                     finish = "length"
-                if text:
-                    request.sink.token(text)
+                if text or time.monotonic() - last_sent >= self._keepalive:
+                    request.sink.token(text) if text else request.sink.keepalive()
+                    last_sent = time.monotonic()
                     self._on_step_end()
                 if finish:
                     break

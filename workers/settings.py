@@ -23,6 +23,8 @@ class QueueSettings(BaseSettings):
     models_file: Path = DEFAULT_MODELS_FILE
     heartbeat_interval: float = Field(1.0, gt=0, description="seconds between worker heartbeats")
     heartbeat_ttl: float = Field(3.0, gt=0, description="a worker silent this long counts as dead")
+    keepalive_interval: float = Field(5.0, gt=0, description="a request with nothing to send for this long gets "
+                                      "a keep-alive event; keep it well under the gateway's idle_timeout")
 
 
 class WorkerSettings(QueueSettings):

@@ -12,7 +12,9 @@ from typing import Any
 
 import anyio.from_thread
 import fakeredis
+import kombu.exceptions
 import pytest
+import redis.exceptions as redis_exceptions
 from fakeredis.aioredis import FakeRedis
 
 from gateway.errors import InternalError, ModelNotFound, RateLimited, ServiceUnavailable
@@ -29,6 +31,7 @@ from workers.protocol import (
     DoneEvent,
     ErrorEvent,
     GenerateJob,
+    KeepAliveEvent,
     StartEvent,
     TokenEvent,
     Usage,
@@ -53,16 +56,16 @@ class Sent:
 class RecordingCelery:
     """Stands in for the Celery app: records send_task calls (made from a worker thread)."""
 
-    def __init__(self, redis: FakeRedis, fail: bool = False) -> None:
+    def __init__(self, redis: FakeRedis, fail: bool = False, error: Exception | None = None) -> None:
         self.redis = redis
-        self.fail = fail
+        self.error = error or (RuntimeError("broker down") if fail else None)
         self.sent: list[Sent] = []
 
     def send_task(self, name: str, args: list[Any], **options: Any) -> None:
         [(_, subscribers)] = anyio.from_thread.run(self.redis.pubsub_numsub, channel_for(options["task_id"]))
         self.sent.append(Sent(name, args, options, subscribers))
-        if self.fail:
-            raise RuntimeError("broker down")
+        if self.error is not None:
+            raise self.error
 
 
 @pytest.fixture
@@ -256,6 +259,45 @@ async def test_failed_send_leaves_no_subscription(redis: FakeRedis, registry: Re
         await relay.submit(job)
     assert await subscribers(redis, job) == 0
     assert await redis.get(cancel_key_for(job.request_id)) is not None
+
+
+async def test_a_broker_error_while_sending_is_queue_unavailable(redis: FakeRedis, registry: Registry, live) -> None:
+    """kombu, not redis-py, raises when Redis fails under send_task (after its retries)."""
+    broken = RecordingCelery(redis, error=kombu.exceptions.OperationalError("Error 111 connecting"))
+    job = make_job()
+    with pytest.raises(ServiceUnavailable) as info:
+        await Relay(redis, broken, registry, QUEUE_TIMEOUT, 10.0).submit(job)
+    assert info.value.code == "queue_unavailable"
+    assert await subscribers(redis, job) == 0
+
+
+async def test_cleanup_unsubscribes_even_when_redis_refuses_the_cancel_key(
+    relay: Relay, redis: FakeRedis, live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = make_job()
+    stream = await relay.submit(job)
+
+    async def refused(*_: Any, **__: Any) -> None:
+        raise redis_exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+
+    monkeypatch.setattr(redis, "set", refused)
+    await stream.aclose()
+    assert await subscribers(redis, job) == 0
+
+
+async def test_keepalives_hold_off_the_idle_timeout_and_are_not_yielded(
+    redis: FakeRedis, celery: RecordingCelery, registry: Registry, live
+) -> None:
+    relay = Relay(redis, celery, registry, queue_timeout=QUEUE_TIMEOUT, idle_timeout=1.2)
+    job = make_job()
+    async with await relay.submit(job) as stream:
+        await publish(redis, job, START)
+        assert await anext(stream) == START
+        for seq in range(1, 6):  # 2.5 s of held-back text: longer than the idle timeout
+            await publish(redis, job, KeepAliveEvent(seq=seq))
+            await asyncio.sleep(0.5)
+        await publish(redis, job, TokenEvent(seq=6, text="Hello"), DONE.model_copy(update={"seq": 7}))
+        assert await drain(stream) == [TokenEvent(seq=6, text="Hello"), DONE.model_copy(update={"seq": 7})]
 
 
 async def test_unreachable_redis_is_queue_unavailable(

@@ -96,6 +96,7 @@ class _ClusterCollector:
                                       labels=["model", "worker"])  # fmt: skip
         tokens = CounterMetricFamily("queuechat_worker_tokens", "Tokens a worker generated (embedding models: read) "
                                      "since it started", labels=["model", "worker"])  # fmt: skip
+        gauges = {key: GaugeMetricFamily(name, text, labels=["model", "worker"]) for key, (name, text) in _WORKER_GAUGES.items()}
         for model, (queued, workers, slots, stats) in self.snapshot.items():
             depth.add_metric([model], queued)
             live.add_metric([model], len(workers))
@@ -106,7 +107,20 @@ class _ClusterCollector:
                 running.add_metric([model, worker], s.get("running", 0))
                 occupancy.add_metric([model, worker], s.get("running", 0) / max(1, s.get("slots", 1)))
                 tokens.add_metric([model, worker], s.get("tokens", 0))
-        yield from (depth, live, free, total, running, occupancy, tokens)
+                for key, gauge in gauges.items():
+                    if key in s:
+                        gauge.add_metric([model, worker], s[key])
+        yield from (depth, live, free, total, running, occupancy, tokens, *gauges.values())
+
+
+# Heartbeat counters shown as they are (when the worker's engine reports them).
+_WORKER_GAUGES = {
+    "waiting": ("queuechat_worker_waiting_requests", "Requests a worker holds that wait for room in its batch"),
+    "kv_tokens": ("queuechat_worker_kv_cache_tokens", "Token positions the batch's KV cache holds (rows x columns)"),
+    "kv_budget_tokens": ("queuechat_worker_kv_cache_budget_tokens", "Most token positions the batch may hold"),
+    "prefix_cache_bytes": ("queuechat_worker_prefix_cache_bytes", "Bytes the prefix cache holds"),
+    "prefix_cache_limit_bytes": ("queuechat_worker_prefix_cache_limit_bytes", "The prefix cache's bound"),
+}
 
 
 class RequestTrace:

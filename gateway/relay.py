@@ -87,8 +87,15 @@ class Relay:
             finally:
                 self._sending[job.model] -= 1
         except QUEUE_ERRORS as exc:
+            await self.lost_redis(exc)
             raise ServiceUnavailable(f"The queue is unreachable: {exc}", code="queue_unavailable") from exc
         return stream
+
+    async def lost_redis(self, exc: BaseException) -> None:
+        """A connection to Redis broke: every idle connection in the pool is as dead as it is.
+        Close them now, not when each is next used (a pool holds as many as its busiest moment)."""
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+            await self.redis.connection_pool.disconnect(inuse_connections=False)
 
     async def _admit(self, model: str) -> None:
         """429 once `max_queue` requests already wait in the model's queue (a Redis list), counting
@@ -192,6 +199,7 @@ class EventStream:
             try:
                 event = await self._receive()
             except redis.exceptions.RedisError as exc:
+                await self._relay.lost_redis(exc)
                 raise ServiceUnavailable(f"Lost the connection to the queue: {exc}", code="queue_unavailable") from exc
             if event.seq != self._next_seq:
                 raise InternalError(

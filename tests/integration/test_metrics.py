@@ -62,6 +62,11 @@ def test_worker_engine_counters_arrive_with_heartbeats(gateway, workers, client:
             break
         time.sleep(0.3)
     assert now - before == reply.usage.completion_tokens
+    samples = scrape(gateway)
+    for name in ("queuechat_worker_kv_cache_budget_tokens", "queuechat_worker_prefix_cache_limit_bytes"):
+        assert value(samples, name, model="tiny-b", worker=worker) > 0, name
+    assert value(samples, "queuechat_worker_prefix_cache_bytes", model="tiny-b", worker=worker) > 0  # its prompt
+    assert value(samples, "queuechat_worker_waiting_requests", model="tiny-b", worker=worker) == 0
 
 
 def test_queue_depth_and_active_requests_show_a_backlog(gateway, env, workdir, redis_server, client) -> None:

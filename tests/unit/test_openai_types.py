@@ -274,3 +274,34 @@ def test_output_features_we_cannot_give_are_refused_not_ignored(field: str, valu
 
 def test_neutral_values_of_those_fields_pass() -> None:
     assert chat(modalities=["text"], store=False, metadata={"a": "b"}, service_tier="auto").to_jobs(1.0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"messages": [{"role": "user", "content": "a\ud800"}]}, "messages[0].content"),
+     ({"stop": ["ok", "\udfff"]}, "stop[1]"),
+     ({"user": "\ud83d"}, "user"),
+     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"\udc00": {}}}}]},
+      "tools[0].function.parameters")],
+)  # fmt: skip
+def test_text_that_is_not_valid_unicode_is_a_400_naming_where(fields: dict, param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        chat(**fields)
+    assert info.value.param == param
+
+
+def test_the_unicode_check_walks_deep_bodies_without_recursion() -> None:
+    from gateway.openai_types import unencodable_text
+
+    deep: Any = "\ud800"
+    for _ in range(20_000):
+        deep = [deep]
+    assert unencodable_text({"prompt": deep}) == "prompt" + "[0]" * 20_000
+    assert unencodable_text({"prompt": ["fine", {"k": "still fine"}]}) is None
+
+
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1, 2**70])
+def test_a_seed_outside_int64_is_refused(seed: int) -> None:
+    with pytest.raises(ValidationError):
+        completion(seed=seed)
+    assert completion(seed=2**63 - 1).to_jobs(30.0)[0].params.seed == 2**63 - 1

@@ -209,3 +209,35 @@ def test_an_error_is_published_at_once_even_when_events_are_batched() -> None:
     got = [listener.get_message(timeout=1) for _ in range(2)]
     events = [decode_event(m["data"]) for m in got if m]
     assert [e.type for e in events] == ["token", "error"] and [e.seq for e in events] == [0, 1]
+
+
+class _SlowTextAdapter:
+    """A text-producing adapter (as remote-code ChatGLM's stream_chat) that writes 'a' every 20 ms."""
+
+    context_length = 4096
+    template = type("T", (), {"stop": ()})()
+    spec = ModelSpec(name="text", adapter="echo")
+
+    def default_sampling(self) -> dict:
+        return {}
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def stream(self, job, params, limit, prompt_tokens):
+        for _ in range(limit):
+            time.sleep(0.02)
+            yield "a"
+
+
+def test_the_serial_engine_sends_keepalives_while_text_is_held_back() -> None:
+    from workers.serial_engine import SerialEngine
+
+    engine = SerialEngine(_SlowTextAdapter(), keepalive=0.05)
+    sink = Sink()
+    job = GenerateJob(request_id="r", model="text", prompt="a", expires_at=time.time() + 60,
+                      params=SamplingParams(max_tokens=30, stop=("a" * 1000,)))  # fmt: skip
+    request = engine.submit_job(job, [1], sink)
+    assert request.finished.wait(30)
+    assert sink.keepalives >= 3 and sink.text == "a" * 30
+    engine.close()

@@ -222,8 +222,13 @@ class Engine:
                     self._wake.wait()
                 if self._closing:
                     break
+                gone = [seq for seq in self._waiting if seq.cancelled]  # left while waiting for room
+                for seq in gone:
+                    self._waiting.remove(seq)
                 joiners = self._admit()
                 waiting = list(self._waiting)
+            for seq in gone:
+                self._fail(seq, "cancelled", "the client cancelled the request")
             try:
                 self._send_keepalives([*self._rows, *waiting])
                 self._step(joiners)

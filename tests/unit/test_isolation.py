@@ -241,3 +241,16 @@ def test_the_serial_engine_sends_keepalives_while_text_is_held_back() -> None:
     assert request.finished.wait(30)
     assert sink.keepalives >= 3 and sink.text == "a" * 30
     engine.close()
+
+
+def test_a_request_cancelled_while_waiting_for_room_leaves_at_once(bounded: Engine) -> None:
+    ids = _ids(bounded, 20)
+    big = SamplingParams(temperature=0.0, max_tokens=150)
+    running, waiting = Sink(), Sink()
+    first = bounded.submit(ids, big, running)
+    second = bounded.submit(ids, big, waiting)
+    time.sleep(0.05)
+    bounded.cancel(second)
+    assert second.finished.wait(5)
+    assert waiting.error_code == "cancelled" and waiting.first_at is None and not first.finished.is_set()
+    assert first.finished.wait(60) and running.error_code is None

@@ -43,13 +43,12 @@ class HfDecodeBatch(DecodeBatch):
         self._reset()
 
     def _reset(self) -> None:
-        if getattr(self, "_give_back_when_empty", False):
-            self._cache = None
-            give_back_free_memory(self._device)
-        self._give_back_when_empty = False
         self._cache = None
         self._mask: torch.Tensor | None = None  # [rows, columns]: 1 where a real token sits
         self._next_position: torch.Tensor | None = None  # [rows]: position id of each row's next token
+        if getattr(self, "_give_back_when_empty", False):  # the KV cache of a long prompt was just freed
+            give_back_free_memory(self._device)
+        self._give_back_when_empty = False
 
     def __len__(self) -> int:
         return 0 if self._mask is None else self._mask.shape[0]

@@ -29,8 +29,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One connection per in-flight request (its subscription); when all are taken, wait a
         # little for one instead of failing (redis-py's default pool stops at 100).
+        # A Redis that cannot be reached fails a connection attempt in 5 s, not the OS's minutes.
         pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
-                                               timeout=10)  # fmt: skip
+                                               timeout=10, socket_connect_timeout=5)  # fmt: skip
         redis = Redis(connection_pool=pool)
         celery = make_celery(WorkerSettings(redis_url=settings.redis_url, task_expiry=settings.queue_timeout))
         registry = Registry(redis, known_models, settings.heartbeat_ttl)

@@ -257,8 +257,10 @@ class EventStream:
                     await self._relay.redis.set(cancel_key_for(request_id), 1, ex=int(self._relay.queue_timeout) + 60)
             except redis.exceptions.RedisError as exc:
                 log.warning("could not tell the worker to stop %s: %s", request_id, exc)
+            connection = self._pubsub.connection
             try:
-                await self._pubsub.unsubscribe()
+                if connection is not None and connection.is_connected:  # else nothing is subscribed
+                    await self._pubsub.unsubscribe()
             except redis.exceptions.RedisError as exc:
                 log.warning("could not unsubscribe %s: %s", request_id, exc)
             finally:

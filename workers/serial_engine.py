@@ -116,8 +116,12 @@ class SerialEngine:
                     finish = "stop"
                 elif self.adapter.count_tokens(generated) >= request.limit:
                     finish = "length"
-                if text or time.monotonic() - last_sent >= self._keepalive:
-                    request.sink.token(text) if text else request.sink.keepalive()
+                send = bool(text) or time.monotonic() - last_sent >= self._keepalive
+                if text:
+                    request.sink.token(text)
+                elif send:
+                    request.sink.keepalive()  # text held back: a stop sequence may be starting
+                if send:
                     last_sent = time.monotonic()
                     self._on_step_end()
                 if finish:

@@ -40,12 +40,9 @@ _HEADERS_TOO_SLOW = _raw_response(
 
 async def _over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
     error = ServiceUnavailable("This gateway has too many open connections; retry shortly or use another gateway.",
-                               code="too_many_connections")  # fmt: skip
-    payload = json.dumps(error.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-               (b"retry-after", b"1"), (b"connection", b"close")]  # fmt: skip
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+                               code="too_many_connections",
+                               headers={"Retry-After": "1", "Connection": "close"})  # fmt: skip
+    await error.response()(scope, receive, send)
 
 
 class GuardedH11Protocol(H11Protocol):

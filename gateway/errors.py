@@ -175,10 +175,15 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error.response()
 
 
+def queue_unavailable(exc: BaseException) -> ServiceUnavailable:
+    """The 503 for any of QUEUE_ERRORS."""
+    return ServiceUnavailable(f"The queue is unreachable: {exc}", code="queue_unavailable")
+
+
 async def _queue_error(_: Request, exc: Exception) -> JSONResponse:
     """A Redis or kombu error that no route turned into an APIError: still a 503, not a 500."""
     log.warning("the queue failed: %s", exc)
-    return ServiceUnavailable(f"The queue is unreachable: {exc}", code="queue_unavailable").response()
+    return queue_unavailable(exc).response()
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -96,7 +96,8 @@ class _ClusterCollector:
                                       labels=["model", "worker"])  # fmt: skip
         tokens = CounterMetricFamily("queuechat_worker_tokens", "Tokens a worker generated (embedding models: read) "
                                      "since it started", labels=["model", "worker"])  # fmt: skip
-        gauges = {key: GaugeMetricFamily(name, text, labels=["model", "worker"]) for key, (name, text) in _WORKER_GAUGES.items()}
+        gauges = {key: GaugeMetricFamily(name, text, labels=["model", "worker"])
+                  for key, (name, text) in _WORKER_GAUGES.items()}  # fmt: skip
         for model, (queued, workers, slots, stats) in self.snapshot.items():
             depth.add_metric([model], queued)
             live.add_metric([model], len(workers))

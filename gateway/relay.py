@@ -28,6 +28,7 @@ from gateway.errors import (
     InternalError,
     RateLimited,
     ServiceUnavailable,
+    queue_unavailable,
 )
 from gateway.metrics import Metrics, RequestTrace
 from gateway.registry import Registry
@@ -88,7 +89,7 @@ class Relay:
                 self._sending[job.model] -= 1
         except QUEUE_ERRORS as exc:
             await self.lost_redis(exc)
-            raise ServiceUnavailable(f"The queue is unreachable: {exc}", code="queue_unavailable") from exc
+            raise queue_unavailable(exc) from exc
         return stream
 
     async def lost_redis(self, exc: BaseException) -> None:

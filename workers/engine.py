@@ -141,7 +141,7 @@ class Engine:
             raise KVCacheExceeded(prompt_tokens + 1, budget, self.adapter.spec.name, prompt_param,
                                   f"a prompt of {prompt_tokens} and at least one new token")  # fmt: skip
         asked = job.params.max_tokens
-        if asked is not None and prompt_tokens + min(asked, self.adapter.context_length - prompt_tokens) > budget:
+        if asked is not None and prompt_tokens + self._limit(job.params, prompt_tokens) > budget:
             raise KVCacheExceeded(prompt_tokens + asked, budget, self.adapter.spec.name, "max_tokens",
                                   f"a prompt of {prompt_tokens} and max_tokens {asked}")  # fmt: skip
 

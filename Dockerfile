@@ -11,6 +11,7 @@ WORKDIR /app
 
 RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
 COPY pyproject.toml README.md ./
+COPY protocol ./protocol
 COPY gateway ./gateway
 COPY workers ./workers
 COPY adapters ./adapters

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from workers.models_file import ModelSpec
-from workers.protocol import ChatMessage
+from protocol.models_file import ModelSpec
+from protocol import ChatMessage
 
 if TYPE_CHECKING:
     import torch

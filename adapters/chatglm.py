@@ -23,7 +23,7 @@ import torch
 from adapters.base import AdapterBase, AdapterError, ModelLoadError, UnsupportedParameter
 from adapters.hf_causal import pick_device, pick_dtype
 from adapters.templates import Template, get_template
-from workers.protocol import ChatMessage, GenerateJob, SamplingParams
+from protocol import ChatMessage, GenerateJob, SamplingParams
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from adapters.base import DecodeBatch, ModelAdapter
-from workers.protocol import ChatMessage
+from protocol import ChatMessage
 
 EOS = 256
 VOCAB = 257

@@ -21,7 +21,7 @@ from adapters.gguf_cache import convert_gguf
 from adapters.hf_batch import HfDecodeBatch
 from adapters.memory import KV_CACHE_SHARE, MB, PREFIX_CACHE_SHARE, budget_bytes
 from adapters.prefix_cache import PrefixCache
-from workers.protocol import ChatMessage, with_system_text
+from protocol import ChatMessage, with_system_text
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import torch
 
-from workers.protocol import SamplingParams
+from protocol import SamplingParams
 
 SEED_RANGE = 1 << 64
 

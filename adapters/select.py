@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workers.models_file import ModelSpec
+from protocol.models_file import ModelSpec
 
 # transformers has native classes for these GLM generations; older ChatGLMs need remote code.
 NATIVE_GLM_TYPES = frozenset({"glm", "glm4", "glm4_moe"})

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from workers.protocol import ChatMessage
+from protocol import ChatMessage
 
 Render = Callable[[Sequence[ChatMessage]], str]
 

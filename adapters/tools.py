@@ -13,9 +13,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from workers.protocol import TOOL_CALL_CLOSE as CLOSE
-from workers.protocol import TOOL_CALL_OPEN as OPEN
-from workers.protocol import ChatMessage
+from protocol import TOOL_CALL_CLOSE as CLOSE
+from protocol import TOOL_CALL_OPEN as OPEN
+from protocol import ChatMessage
 
 
 def tool_instructions(tools: Sequence[dict[str, Any]], choice: str | None) -> str:

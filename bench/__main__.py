@@ -20,8 +20,9 @@ import yaml
 from bench import baseline as base
 from bench.load import LevelReport, percentile, run
 from bench.stack import Stack
-from workers.models_file import load_models_file
-from workers.settings import DEFAULT_MODELS_FILE, WorkerSettings
+from protocol.models_file import load_models_file
+from protocol.settings import DEFAULT_MODELS_FILE
+from workers.settings import WorkerSettings
 
 
 def _row(level: LevelReport, ratio: str) -> str:

@@ -28,8 +28,8 @@ import redis
 import yaml
 
 from bench.stack import Stack, rss_mb
-from workers.protocol import stats_key
-from workers.settings import DEFAULT_MODELS_FILE
+from protocol import stats_key
+from protocol.settings import DEFAULT_MODELS_FILE
 
 _WORDS = ("river stone light paper market window garden silver engine winter orange letter planet music "
           "forest bridge coffee mountain signal harbor lantern meadow copper thunder violet canyon").split()  # fmt: skip

@@ -29,8 +29,8 @@ import yaml
 
 from bench.prompts import messages
 from bench.stack import Stack
-from workers.protocol import KEY_PREFIX, PERMANENT_KEY_PREFIXES, slots_key
-from workers.settings import DEFAULT_MODELS_FILE
+from protocol import KEY_PREFIX, PERMANENT_KEY_PREFIXES, slots_key
+from protocol.settings import DEFAULT_MODELS_FILE
 
 _EXPECTED = {"200", "400", "404", "429", "abandoned"}
 

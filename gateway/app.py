@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from celery import Celery
 from fastapi import FastAPI
 from redis.asyncio import BlockingConnectionPool, Redis
 
@@ -16,9 +17,7 @@ from gateway.routes import chat, completions, embeddings, health, models, page
 from gateway.routes import metrics as metrics_route
 from gateway.security import GuardMiddleware
 from gateway.settings import GatewaySettings
-from workers.celery_app import make_celery
-from workers.models_file import load_models_file
-from workers.settings import WorkerSettings
+from protocol.models_file import load_models_file
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -33,7 +32,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
                                                timeout=10, socket_connect_timeout=5)  # fmt: skip
         redis = Redis(connection_pool=pool)
-        celery = make_celery(WorkerSettings(redis_url=settings.redis_url, task_expiry=settings.queue_timeout))
+        celery = Celery("queuechat-gateway", set_as_current=False)  # sends tasks by name; runs none
+        celery.conf.update(settings.celery_conf())
         registry = Registry(redis, known_models, settings.heartbeat_ttl)
         app.state.redis = redis
         app.state.relay = Relay(redis, celery, registry, settings.queue_timeout, settings.idle_timeout,

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workers.protocol import ErrorEvent
+from protocol import ErrorEvent
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.errors import from_event
 from gateway.relay import ClientGone, EventStream, Relay
-from workers.protocol import DoneEvent, ErrorEvent, Event, GenerateJob
+from protocol import DoneEvent, ErrorEvent, Event, GenerateJob
 
 
 class Choices:

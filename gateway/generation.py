@@ -12,7 +12,7 @@ from gateway.fanout import Choices
 from gateway.tool_calls import ToolStreamFilter
 from gateway.relay import ClientGone, Relay
 from gateway.render import ChoiceState, Envelope, Format, collect, sse_stream
-from workers.protocol import GenerateJob
+from protocol import GenerateJob
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from gateway.tool_types import (
     ToolChoice,
     choice_name,
 )
-from workers.protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams, ToolCall, with_system_text
+from protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams, ToolCall, with_system_text
 
 MAX_STOP_SEQUENCES = 4
 

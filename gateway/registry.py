@@ -5,8 +5,8 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from gateway.errors import ModelNotFound, ServiceUnavailable
-from workers.models_file import ModelsFile
-from workers.protocol import MODELS_SEEN_KEY, live_workers_key
+from protocol.models_file import ModelsFile
+from protocol import MODELS_SEEN_KEY, live_workers_key
 
 
 class Registry:

@@ -32,7 +32,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics, RequestTrace
 from gateway.registry import Registry
-from workers.protocol import (
+from protocol import (
     TASK_EMBED,
     TASK_GENERATE,
     FINAL_EVENTS,

@@ -16,7 +16,7 @@ from typing import Any
 from gateway.errors import APIError, InternalError, from_event
 from gateway.fanout import Choices
 from gateway.tool_calls import ToolStreamFilter, parse_tool_calls
-from workers.protocol import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob, Usage
+from protocol import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob, Usage
 
 
 class Format(Enum):

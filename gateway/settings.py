@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from workers.settings import QueueSettings
+from protocol.settings import QueueSettings
 
 
 class GatewaySettings(QueueSettings):

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.protocol import TOOL_CALL_OPEN as OPEN
+from protocol import TOOL_CALL_OPEN as OPEN
 
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 

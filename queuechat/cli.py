@@ -26,22 +26,21 @@ def _serve(args: argparse.Namespace, _: list[str]) -> None:
 
 
 def _worker(args: argparse.Namespace, extra: list[str]) -> None:
-    import workers
+    from workers.celery import app
 
     queues = [q for q in args.model.split(",") if q]
     argv = ["worker", "-Q", ",".join(queues), "-n", args.name or f"{queues[0]}@%h", "--loglevel", args.loglevel]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
-    sys.argv = ["celery", "-A", "workers", *argv, *extra]  # what the start-up hooks read (-c)
-    workers.app.worker_main([*argv, *extra])
+    app.worker_main([*argv, *extra])
 
 
 def _models(args: argparse.Namespace, _: list[str]) -> None:
     import redis
 
     from adapters.select import choose_adapter
-    from workers.models_file import load_models_file
-    from workers.protocol import live_workers_key, slots_key
+    from protocol.models_file import load_models_file
+    from protocol import live_workers_key, slots_key
 
     settings = WorkerSettings()
     models = load_models_file(settings.models_file)

@@ -2,21 +2,21 @@
 
 Flower's broker view lists the queues of the workers it has seen; a queue whose workers are all
 gone (tasks waiting for the next one) would vanish from it.  `count_every_model_queue()` makes it
-list every model.  It is applied by `queuechat flower`, and by `celery -A workers flower` too
-(workers/__init__.py applies it when the celery command is `flower`).
+list every model.  `queuechat flower` applies it before starting Flower (a plain
+`celery -A workers flower` shows the queues of the workers Flower has seen).
 """
 
 from __future__ import annotations
 
-from workers.models_file import ModelsFileError, load_models_file
-from workers.settings import WorkerSettings
+from protocol.models_file import ModelsFileError, load_models_file
+from protocol.settings import QueueSettings
 
 
 def count_every_model_queue() -> None:
     from flower.views import BaseHandler
 
     try:
-        models = load_models_file(WorkerSettings().models_file).names
+        models = load_models_file(QueueSettings().models_file).names
     except ModelsFileError:
         return  # Flower still runs; it shows the queues of the workers it sees
     seen_by_flower = BaseHandler.get_active_queue_names
@@ -31,7 +31,7 @@ def count_every_model_queue() -> None:
 
 
 def run(argv: list[str]) -> None:
-    import workers
+    from workers.celery import app
 
     count_every_model_queue()
-    workers.app.start(["flower", *argv])
+    app.start(["flower", *argv])

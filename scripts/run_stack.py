@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gateway.settings import GatewaySettings  # noqa: E402
-from workers.models_file import load_models_file  # noqa: E402
+from protocol.models_file import load_models_file  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

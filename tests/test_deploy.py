@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workers.models_file import load_models_file
+from protocol.models_file import load_models_file
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text())
@@ -71,10 +71,9 @@ def test_celery_commands_name_the_workers_app(service: str) -> None:
     command = SERVICES[service]["command"]
     assert command[:3] == ["celery", "-A", "workers"]
     from celery import Celery
+    from celery.app.utils import find_app
 
-    import workers
-
-    assert isinstance(workers.app, Celery)
+    assert isinstance(find_app(command[2]), Celery)  # how `celery -A workers` finds the app
 
 
 @pytest.mark.parametrize(("service", "queues"),

@@ -1,18 +1,6 @@
-"""The Celery app: `celery -A workers worker -Q <model-name>` serves that model.
+"""Workers: Celery tasks that run jobs on the engines of the models they serve.
 
-Importing this package loads no model code: tasks (and through them the adapters) are imported
-by the worker itself, listed in the app's `include`.
+`celery -A workers worker -Q <model-name>` serves that model: Celery finds the app in
+`workers/celery.py` (its documented `proj/celery.py` layout).  Importing this package builds no
+Celery app and loads no model code.
 """
-
-import sys
-
-from workers.celery_app import make_celery
-
-app = make_celery()
-
-if "flower" in sys.argv[1:]:  # `celery -A workers flower`: list every model queue (queuechat/flower.py)
-    from queuechat.flower import count_every_model_queue
-
-    count_every_model_queue()
-
-__all__ = ["app"]

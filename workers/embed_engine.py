@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from adapters.base import AdapterError
-from workers.protocol import EmbedJob
+from protocol import EmbedJob
 
 CHUNK = 64  # rows per forward pass
 

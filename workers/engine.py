@@ -28,7 +28,7 @@ from adapters import ContextLengthExceeded, EmptyPrompt, KVCacheExceeded, ModelA
 from adapters.base import Detokenizer
 from adapters.sampling import apply_penalties, logprobs_of, make_generator, next_token
 from adapters.stops import StopMatcher
-from workers.protocol import ErrorCode, GenerateJob, SamplingParams, TokenLogprob, TopLogprob, Usage
+from protocol import ErrorCode, GenerateJob, SamplingParams, TokenLogprob, TopLogprob, Usage
 
 log = logging.getLogger(__name__)
 

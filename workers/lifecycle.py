@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -16,11 +15,11 @@ import redis
 from celery import signals
 
 from adapters import ModelLoadError, adapter_for
-from workers.celery_app import QueueChatCelery
+from workers.celery import QueueChatCelery
 from workers.embed_engine import EmbeddingEngine
 from workers.engine import Engine
-from workers.models_file import ModelSpec, load_models_file
-from workers.protocol import MODELS_SEEN_KEY, live_workers_key, slots_key, stats_key
+from protocol.models_file import ModelSpec, load_models_file
+from protocol import MODELS_SEEN_KEY, live_workers_key, slots_key, stats_key
 from workers.publisher import Outbox
 from workers.serial_engine import SerialEngine
 from workers.settings import WorkerSettings
@@ -131,10 +130,6 @@ def pool_slots(spec: ModelSpec) -> int:
         return spec.slots  # reported when the worker loads its models
 
 
-def _concurrency_on_command_line(argv: list[str]) -> bool:
-    return any(a in ("-c", "--concurrency") or a.startswith(("--concurrency=", "-c")) for a in argv[1:])
-
-
 @signals.worker_init.connect
 def _size_the_pool(sender: object, **_: object) -> None:
     """One pool thread per batch slot of the served models (unless -c says otherwise): with
@@ -142,16 +137,16 @@ def _size_the_pool(sender: object, **_: object) -> None:
     the rest of the backlog waits, visible, in Redis.  Runs after -Q is applied, before the pool
     is created."""
     app = getattr(sender, "app", None)
-    if not isinstance(app, QueueChatCelery) or _concurrency_on_command_line(sys.argv):
-        return
+    if not isinstance(app, QueueChatCelery) or getattr(sender, "concurrency", None) != "auto":
+        return  # -c (or worker_concurrency) chose a number
+    sender.concurrency = 1  # type: ignore[attr-defined]  # when no model queue is served (reported later)
     try:
         models = load_models_file(app.settings.models_file)
     except ValueError:
         return  # reported with more context once the worker loads its models
     queues = app.amqp.queues.consume_from or []
     slots = sum(pool_slots(spec) for name in queues if (spec := models.get(name)))
-    if slots:
-        sender.concurrency = slots  # type: ignore[attr-defined]
+    sender.concurrency = max(1, slots)  # type: ignore[attr-defined]
 
 
 @signals.celeryd_after_setup.connect

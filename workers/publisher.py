@@ -13,7 +13,7 @@ from typing import Literal
 
 import redis
 
-from workers.protocol import (
+from protocol import (
     DoneEvent,
     EmbeddingsEvent,
     ErrorCode,

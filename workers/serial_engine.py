@@ -15,7 +15,7 @@ from typing import Any
 from adapters import ContextLengthExceeded, EmptyPrompt
 from adapters.stops import StopMatcher
 from workers.engine import FinishReason, Sink
-from workers.protocol import GenerateJob, SamplingParams, Usage
+from protocol import GenerateJob, SamplingParams, Usage
 
 log = logging.getLogger(__name__)
 

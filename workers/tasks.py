@@ -15,7 +15,7 @@ import workers.lifecycle  # noqa: F401  (connects the start-up and heartbeat sig
 from adapters import AdapterError, ContextLengthExceeded
 from workers.lifecycle import WorkerState
 from workers.embed_engine import EmbeddingEngine
-from workers.protocol import TASK_EMBED, TASK_GENERATE, EmbedJob, GenerateJob, cancel_key_for
+from protocol import TASK_EMBED, TASK_GENERATE, EmbedJob, GenerateJob, cancel_key_for
 from workers.publisher import EventPublisher
 
 log = logging.getLogger(__name__)

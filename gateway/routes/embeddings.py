@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from gateway.deps import RelayDep, SettingsDep, metric_label
 from gateway.errors import InternalError, from_event
 from gateway.openai_types import CreateEmbeddingRequest
-from workers.protocol import EmbeddingsEvent, ErrorEvent
+from protocol import EmbeddingsEvent, ErrorEvent
 
 router = APIRouter()
 

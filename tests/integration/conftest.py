@@ -20,7 +20,7 @@ from tests.tiny_models import write_models_file
 def _repo_entry(name: str) -> dict:
     import yaml
 
-    from workers.settings import DEFAULT_MODELS_FILE
+    from protocol.settings import DEFAULT_MODELS_FILE
 
     return dict(yaml.safe_load(DEFAULT_MODELS_FILE.read_text())["models"][name])
 

@@ -103,7 +103,7 @@ class Worker(Process):
         super().__init__(argv, workdir / f"worker-{self.name}.log", env)
 
     def wait_live(self, redis_client: redis.Redis, timeout: float = 120) -> None:
-        from workers.protocol import live_workers_key
+        from protocol import live_workers_key
 
         def live() -> bool:
             return all(redis_client.zscore(live_workers_key(q), self.name) is not None for q in self.queues)

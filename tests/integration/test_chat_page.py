@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.processes import REPO, Worker, live_worker
-from workers.protocol import slots_key
+from protocol import slots_key
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "test-output"

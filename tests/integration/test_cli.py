@@ -49,7 +49,7 @@ def test_worker_and_serve_start_a_working_stack(env, workdir, redis_server, clie
     port = free_port()
     gateway = Process([QUEUECHAT, "serve", "--port", str(port)], workdir / "cli-gateway.log", env)
     try:
-        from workers.protocol import live_workers_key
+        from protocol import live_workers_key
 
         wait_for(lambda: redis_server.client.zscore(live_workers_key("echo-fast"), "cli-echo@testhost") is not None,
                  "the CLI worker", 60, worker)  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 from tests.integration.processes import Worker
 from tests.integration.sse import post_stream
 from tests.spec import assert_valid
-from workers.protocol import ErrorEvent, channel_for, decode_event
+from protocol import ErrorEvent, channel_for, decode_event
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -106,7 +106,7 @@ def test_known_model_without_worker_is_503_at_once(client: openai.OpenAI) -> Non
 
 def test_queued_request_fails_with_503_when_its_only_worker_dies(client, env, workdir, redis_server) -> None:
     """A worker is killed while a request waits in its queue: the client gets 503, not a hang."""
-    from workers.celery_app import make_celery
+    from workers.celery import make_celery
     from workers.settings import WorkerSettings
 
     worker = Worker(["tiny-idle"], env, workdir)
@@ -136,7 +136,7 @@ def test_worker_answers_a_job_for_a_model_it_does_not_hold_with_an_error_event(r
     import redis as redis_lib
 
     from workers.lifecycle import WorkerState
-    from workers.protocol import GenerateJob
+    from protocol import GenerateJob
     from workers.publisher import Outbox
     from workers.settings import WorkerSettings
     from workers.tasks import run_job

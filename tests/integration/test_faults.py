@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration.processes import Worker, live_worker
 from tests.integration.processes import eventually as _wait
-from workers.protocol import channel_for
+from protocol import channel_for
 
 LONG = [{"role": "user", "content": "a long echo, please"}]
 
@@ -28,7 +28,7 @@ def slow_worker(env, workdir, redis_server) -> Iterator[Worker]:
 
 
 def _control(redis_server):
-    from workers.celery_app import make_celery
+    from workers.celery import make_celery
     from workers.settings import WorkerSettings
 
     return make_celery(WorkerSettings(redis_url=redis_server.url)).control

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.processes import eventually as _wait
-from workers.protocol import KEY_PREFIX, PERMANENT_KEY_PREFIXES, slots_key
+from protocol import KEY_PREFIX, PERMANENT_KEY_PREFIXES, slots_key
 
 pytestmark = pytest.mark.after_suite
 

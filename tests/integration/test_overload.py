@@ -15,7 +15,7 @@ CLIENTS = 200
 
 
 def _control(redis_server):
-    from workers.celery_app import make_celery
+    from workers.celery import make_celery
     from workers.settings import WorkerSettings
 
     return make_celery(WorkerSettings(redis_url=redis_server.url)).control

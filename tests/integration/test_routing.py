@@ -29,7 +29,7 @@ def test_each_model_answers_from_its_own_worker(client, tiny_model_dir, tiny_mod
 
 def test_backlog_waits_in_the_redis_list_named_after_the_model(client, workers, redis_server) -> None:
     """Pause tiny-b's consumer: its request waits, visible, in Redis list 'tiny-b' (not 'tiny-a')."""
-    from workers.celery_app import make_celery
+    from workers.celery import make_celery
     from workers.settings import WorkerSettings
 
     control = make_celery(WorkerSettings(redis_url=redis_server.url)).control
@@ -58,7 +58,7 @@ def test_backlog_waits_in_the_redis_list_named_after_the_model(client, workers, 
 
 def test_worker_pool_has_one_thread_per_batch_slot(workers, redis_server) -> None:
     """With prefetch 1 and late acks, a worker then holds only as many tasks as it can decode."""
-    from workers.celery_app import make_celery
+    from workers.celery import make_celery
     from workers.settings import WorkerSettings
 
     inspect = make_celery(WorkerSettings(redis_url=redis_server.url)).control.inspect(timeout=5)

@@ -107,7 +107,7 @@ def test_requests_beyond_the_limits_are_400(guarded, path: str, body: dict, para
 
 
 def test_a_full_backlog_answers_429_with_retry_after_and_loses_nothing(guarded, workers, redis_server) -> None:
-    from workers.celery_app import make_celery
+    from workers.celery import make_celery
     from workers.settings import WorkerSettings
 
     control = make_celery(WorkerSettings(redis_url=redis_server.url)).control

@@ -42,7 +42,7 @@ def test_a_worker_silent_mid_stream_ends_it_with_a_timeout_error(impatient) -> N
 
 
 def test_a_request_no_worker_starts_in_time_is_a_503_timeout(impatient, redis_server) -> None:
-    from workers.celery_app import make_celery
+    from workers.celery import make_celery
     from workers.settings import WorkerSettings
 
     gateway, worker = impatient

@@ -10,8 +10,8 @@ import pytest
 
 from adapters.hf_causal import HfCausalAdapter
 from workers.engine import Engine, Finished
-from workers.models_file import ModelSpec
-from workers.protocol import SamplingParams, Usage
+from protocol.models_file import ModelSpec
+from protocol import SamplingParams, Usage
 
 PROMPTS = [
     "The capital of France is",

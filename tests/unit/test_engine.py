@@ -13,8 +13,8 @@ import torch
 from adapters import AdapterError, ContextLengthExceeded
 from adapters.hf_causal import HfCausalAdapter
 from workers.engine import Cancelled, Engine, Finished
-from workers.models_file import ModelSpec
-from workers.protocol import ChatMessage, GenerateJob, SamplingParams
+from protocol.models_file import ModelSpec
+from protocol import ChatMessage, GenerateJob, SamplingParams
 
 CONTEXT = 256  # tests/tiny_models.py
 PROMPT = "The capital of France is"

@@ -19,7 +19,7 @@ from gateway.errors import (
 from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest
 from gateway.render import ChoiceState, Envelope, Format
 from tests.spec import assert_valid, errors_for
-from workers.protocol import ErrorEvent, TokenLogprob, TopLogprob, Usage
+from protocol import ErrorEvent, TokenLogprob, TopLogprob, Usage
 
 USER = [{"role": "user", "content": "Hi"}]
 SECRET = "s3cret-detail-that-must-not-leak"

@@ -17,8 +17,8 @@ from tests.tiny_families import make_tiny_chatglm, make_tiny_encoder, make_tiny_
 from tests.unit.test_batching import RecordingSink
 from workers.embed_engine import DimensionsNotSupported, EmbeddingEngine
 from workers.engine import Engine
-from workers.models_file import ModelSpec
-from workers.protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams
+from protocol.models_file import ModelSpec
+from protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams
 from workers.serial_engine import SerialEngine
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import fakeredis
 
 from workers.lifecycle import WorkerState
-from workers.protocol import MODELS_SEEN_KEY, live_workers_key, slots_key, stats_key
+from protocol import MODELS_SEEN_KEY, live_workers_key, slots_key, stats_key
 from workers.settings import WorkerSettings
 
 

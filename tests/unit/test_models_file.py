@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.models_file import ModelsFileError, load_models_file
+from protocol.models_file import ModelsFileError, load_models_file
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from gateway.errors import InvalidRequest
 from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest
-from workers.protocol import ChatMessage
+from protocol import ChatMessage
 
 USER = [{"role": "user", "content": "Hi"}]
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from workers.protocol import (
+from protocol import (
     MODELS_SEEN_KEY,
     ChatMessage,
     DoneEvent,

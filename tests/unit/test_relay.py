@@ -24,8 +24,8 @@ from gateway.fanout import Choices
 from gateway.render import ChoiceState, Envelope, Format, collect, sse_stream
 from tests.spec import assert_valid
 from tests.tiny_models import write_models_file
-from workers.models_file import load_models_file
-from workers.protocol import (
+from protocol.models_file import load_models_file
+from protocol import (
     MODELS_SEEN_KEY,
     TASK_GENERATE,
     DoneEvent,

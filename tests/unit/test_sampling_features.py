@@ -12,8 +12,8 @@ import torch
 from adapters.hf_causal import HfCausalAdapter
 from tests.unit.test_batching import RecordingSink
 from workers.engine import Engine
-from workers.models_file import ModelSpec
-from workers.protocol import SamplingParams
+from protocol.models_file import ModelSpec
+from protocol import SamplingParams
 
 PROMPT = "The capital of France is"
 
@@ -123,7 +123,7 @@ def test_logit_bias_outside_the_vocabulary_is_refused_by_name(adapter, engine) -
     import time
 
     from adapters import UnsupportedParameter
-    from workers.protocol import GenerateJob
+    from protocol import GenerateJob
 
     job = GenerateJob(request_id="r", model="m", prompt="x", expires_at=time.time() + 9,
                       params=SamplingParams(logit_bias=((10**6, 1.0),)))  # fmt: skip

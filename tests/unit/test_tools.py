@@ -13,8 +13,8 @@ from gateway.errors import InvalidRequest
 from gateway.openai_types import CreateChatCompletionRequest
 from gateway.tool_calls import ToolStreamFilter, parse_tool_calls
 from tests.tiny_models import make_tiny_model
-from workers.models_file import ModelSpec
-from workers.protocol import ChatMessage, ToolCall
+from protocol.models_file import ModelSpec
+from protocol import ChatMessage, ToolCall
 
 NAMES = frozenset({"get_weather", "add"})
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'

@@ -17,7 +17,7 @@ import redis
 
 from tests.integration.processes import Gateway, RedisServer, Worker, eventually, live_worker, stack_env
 from tests.tiny_models import write_models_file
-from workers.protocol import slots_key
+from protocol import slots_key
 
 # tests/tiny_models.py: 2 layers x (keys, values) x 2 KV heads x head size 8 x 4 bytes (float32)
 TINY_KV_BYTES_PER_TOKEN = 256

@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.adversarial.conftest import KV_BUDGET, assert_serving, sdk
 from tests.integration.processes import Gateway, Worker, live_worker
-from workers.protocol import stats_key
+from protocol import stats_key
 
 pytestmark = pytest.mark.default_model
 

@@ -17,7 +17,7 @@ import pytest
 from tests.integration.adversarial.conftest import assert_serving, sdk
 from tests.integration.adversarial.redis_proxy import FaultyRedisProxy
 from tests.integration.processes import Gateway, RedisServer, Worker, eventually, live_worker, stack_env
-from workers.protocol import KEY_PREFIX
+from protocol import KEY_PREFIX
 
 LONG = [{"role": "user", "content": "a long echo, please"}]
 

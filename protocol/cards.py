@@ -1,0 +1,27 @@
+"""What a worker announces about each model it serves, with every heartbeat.
+
+The gateway reads the cards to answer a request the model cannot serve (a chat request to an
+embeddings model) with a 400 before queueing anything, and lists them in `/v1/models`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from protocol.base import WireModel
+
+Capability = Literal["chat", "completions", "embeddings"]
+GENERATES: tuple[Capability, ...] = ("chat", "completions")
+EMBEDS: tuple[Capability, ...] = ("embeddings",)
+
+
+class ModelCard(WireModel):
+    """One model as a worker serves it."""
+
+    capabilities: tuple[Capability, ...] = Field(min_length=1)
+    max_model_len: int | None = Field(None, ge=1, description="prompt + completion tokens the model takes")
+
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities

@@ -1,0 +1,114 @@
+"""What a worker answers: numbered events on the request's pub/sub channel (`channel_for(id)`).
+
+One `StartEvent`, any number of `TokenEvent`s (and `KeepAliveEvent`s while there is nothing to
+send), then exactly one `DoneEvent` or `ErrorEvent` (or `EmbeddingsEvent` for an `EmbedJob`).
+`seq` starts at 0 and grows by one per event, so the receiver can detect a lost event.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, TypeAdapter
+
+from protocol.base import WireModel
+
+
+class Usage(WireModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class StartEvent(WireModel):
+    """A worker took the job and its prompt fits: the request will be answered by `worker`."""
+
+    type: Literal["start"] = "start"
+    seq: int
+    worker: str
+    prompt_tokens: int
+
+
+class TopLogprob(WireModel):
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+class TokenLogprob(TopLogprob):
+    """One generated token: its log-probability under the model (log-softmax of the raw logits,
+    before temperature or penalties) and the `SamplingParams.logprobs` likeliest alternatives."""
+
+    top: tuple[TopLogprob, ...] = ()
+
+
+class TokenEvent(WireModel):
+    """New text, and the logprobs of the tokens generated since the last event (when asked for).
+    `text` can be empty while tokens are held back (an unfinished character or stop sequence)."""
+
+    type: Literal["token"] = "token"
+    seq: int
+    text: str
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+class KeepAliveEvent(WireModel):
+    """The worker is still on the request but has nothing to send yet (text held back while it
+    may be the start of a stop sequence, or the request waits for room in the batch).  The
+    gateway's idle timer measures the worker's silence, not the text's."""
+
+    type: Literal["alive"] = "alive"
+    seq: int
+
+
+class DoneEvent(WireModel):
+    type: Literal["done"] = "done"
+    seq: int
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+
+
+class EmbeddingsEvent(WireModel):
+    """The answer to an EmbedJob: each input's vector as little-endian float32, base64-encoded
+    (OpenAI's own base64 format), in input order."""
+
+    type: Literal["embeddings"] = "embeddings"
+    seq: int
+    vectors: tuple[str, ...]
+    prompt_tokens: int
+
+
+ErrorCode = Literal[
+    "model_not_found",
+    "context_length_exceeded",
+    "invalid_request",
+    "expired",
+    "cancelled",
+    "internal_error",
+]
+
+
+class ErrorEvent(WireModel):
+    type: Literal["error"] = "error"
+    seq: int
+    code: ErrorCode
+    message: str
+    param: str | None = None
+
+
+Event = Annotated[Union[StartEvent, TokenEvent, KeepAliveEvent, DoneEvent, ErrorEvent, EmbeddingsEvent],
+                  Field(discriminator="type")]  # fmt: skip
+FINAL_EVENTS = (DoneEvent, ErrorEvent, EmbeddingsEvent)
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    return event.model_dump_json(exclude_none=True).encode()  # absent fields decode as None
+
+
+def decode_event(data: bytes | str) -> Event:
+    """Parse one event; raises pydantic.ValidationError on anything malformed."""
+    return _EVENT_ADAPTER.validate_json(data)

@@ -1,0 +1,51 @@
+"""Names both sides must spell the same: Celery task names, Redis keys and pub/sub channels.
+
+Every key starts with `queuechat:`; the worker registry (`live:`, `slots:`, `stats:`, `cards:`,
+`models`) is permanent, every other key carries an expiry.
+"""
+
+from __future__ import annotations
+
+TASK_GENERATE = "queuechat.generate"
+TASK_EMBED = "queuechat.embed"
+KEY_PREFIX = "queuechat:"
+
+
+def channel_for(request_id: str) -> str:
+    """The pub/sub channel carrying the events of one request."""
+    return f"{KEY_PREFIX}events:{request_id}"
+
+
+def cancel_key_for(request_id: str) -> str:
+    """A key the gateway sets when the client left; the worker stops generating for it."""
+    return f"{KEY_PREFIX}cancel:{request_id}"
+
+
+def live_workers_key(model: str) -> str:
+    """Sorted set of worker ids serving `model`, scored by their last heartbeat (unix time)."""
+    return f"{KEY_PREFIX}live:{model}"
+
+
+def slots_key(model: str) -> str:
+    """Hash worker id -> "free/total" batch slots for `model`, refreshed with every heartbeat."""
+    return f"{KEY_PREFIX}slots:{model}"
+
+
+def stats_key(model: str) -> str:
+    """Hash worker id -> JSON engine counters for `model` ({"running", "slots", "tokens"}),
+    refreshed with every heartbeat; the gateway's /metrics reads it."""
+    return f"{KEY_PREFIX}stats:{model}"
+
+
+def cards_key(model: str) -> str:
+    """Hash worker id -> JSON `ModelCard` (what `model` can do on that worker), with every heartbeat."""
+    return f"{KEY_PREFIX}cards:{model}"
+
+
+MODELS_SEEN_KEY = f"{KEY_PREFIX}models"  # set of every model name a worker has announced
+
+# Keys that live as long as the deployment: the worker registry, and kombu's per-queue bindings
+# (one set per queue, bounded by the models file).  Every other key must carry an expiry.
+PERMANENT_KEY_PREFIXES = (f"{KEY_PREFIX}live:", f"{KEY_PREFIX}slots:", f"{KEY_PREFIX}stats:", f"{KEY_PREFIX}cards:",
+                          MODELS_SEEN_KEY,
+                          "_kombu.binding")  # fmt: skip

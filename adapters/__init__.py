@@ -10,6 +10,9 @@ from typing import Any
 
 from adapters.base import (
     AdapterError,
+    AdapterKind,
+    EmbedAdapter,
+    TextAdapter,
     ContextLengthExceeded,
     DecodeBatch,
     EmptyPrompt,
@@ -61,6 +64,9 @@ def adapter_for(spec: Any) -> type:
 __all__ = [
     "ADAPTER_NAMES",
     "AdapterError",
+    "AdapterKind",
+    "EmbedAdapter",
+    "TextAdapter",
     "ContextLengthExceeded",
     "DecodeBatch",
     "EmptyPrompt",

@@ -5,13 +5,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
-from protocol.models_file import ModelSpec
-from protocol import ChatMessage
+from protocol import ChatMessage, GenerateJob, ModelSpec, SamplingParams
 
 if TYPE_CHECKING:
     import torch
+
+# Which engine drives an adapter (workers.engines.ENGINES): logits that the worker samples in a
+# batch, text the model streams itself, or embeddings.
+AdapterKind = Literal["batch", "text", "embed"]
 
 
 class AdapterError(Exception):
@@ -96,12 +100,13 @@ class Detokenizer(Protocol):
     def flush(self) -> str: ...
 
 
-class AdapterBase:
+class AdapterBase(ABC):
     """What every adapter has: its models-file entry, the cache folder, and which engine drives
-    it (`kind`): batch (workers.engine.Engine), text (workers.serial_engine), embed."""
+    it (`kind`).  Each kind has its own interface below: `ModelAdapter` (batch), `TextAdapter`,
+    `EmbedAdapter`."""
 
     name: ClassVar[str]
-    kind: ClassVar[str] = "batch"
+    kind: ClassVar[AdapterKind]
 
     def __init__(self, spec: ModelSpec, cache_dir: Path) -> None:
         self.spec = spec
@@ -114,10 +119,6 @@ class AdapterBase:
             raise ModelLoadError(f"model {self.spec.name!r}: {path} is not a model folder")
         return path
 
-
-class ModelAdapter(AdapterBase, ABC):
-    """Loads one model family; its `DecodeBatch` gives logits that the worker's Engine samples."""
-
     @abstractmethod
     def load(self) -> None:
         """Load weights and tokenizer; called once, before the worker takes tasks."""
@@ -125,7 +126,18 @@ class ModelAdapter(AdapterBase, ABC):
     @property
     @abstractmethod
     def context_length(self) -> int:
-        """Most tokens (prompt + completion) the model accepts."""
+        """Most tokens the model accepts (prompt + completion; or one input, for embeddings)."""
+
+    def default_sampling(self) -> dict[str, float]:
+        """The model's own recommended temperature / top_p, if it ships any."""
+        return {}
+
+
+class ModelAdapter(AdapterBase):
+    """Kind "batch": loads one model family; its `DecodeBatch` gives logits that the worker's
+    BatchEngine samples."""
+
+    kind = "batch"
 
     @abstractmethod
     def chat_prompt(self, messages: Sequence[ChatMessage], tools: Sequence[dict] | None = None,
@@ -160,10 +172,6 @@ class ModelAdapter(AdapterBase, ABC):
         """Counters of the adapter's caches, for the worker's heartbeat."""
         return {}
 
-    def default_sampling(self) -> dict[str, float]:
-        """The model's own recommended temperature / top_p, if it ships any."""
-        return {}
-
     @property
     def chat_stops(self) -> tuple[str, ...]:
         """Strings that end a chat reply besides the EOS tokens (from a named template)."""
@@ -181,3 +189,50 @@ class ModelAdapter(AdapterBase, ABC):
     @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` as this model counts them."""
+
+
+class TextAdapter(AdapterBase):
+    """Kind "text": the model streams text itself (remote-code ChatGLM's `stream_chat`), so what
+    needs logits (logprobs, penalties, logit_bias, tools) is refused; driven by SerialEngine."""
+
+    kind = "text"
+
+    @abstractmethod
+    def check(self, job: GenerateJob) -> None:
+        """Raise UnsupportedParameter for what this model cannot honour."""
+
+    @abstractmethod
+    def prompt_ids(self, job: GenerateJob) -> list[int]:
+        """The prompt as the model's own format spells it, for usage and the context check."""
+
+    @abstractmethod
+    def conversation(self, job: GenerateJob) -> object:
+        """The job in the model's own terms; raises an AdapterError for one it cannot take."""
+
+    @abstractmethod
+    def stream(self, job: GenerateJob, params: SamplingParams, limit: int, prompt_tokens: int) -> Iterator[str]:
+        """Text deltas of the reply; `params` are resolved (temperature and top_p are set)."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` as this model counts them."""
+
+    @property
+    def chat_stops(self) -> tuple[str, ...]:
+        """Strings that end a chat reply (the conversation template's)."""
+        return ()
+
+
+class EmbedAdapter(AdapterBase):
+    """Kind "embed": an encoder whose pooled output is the embedding; driven by EmbeddingEngine."""
+
+    kind = "embed"
+    dimensions: int
+
+    @abstractmethod
+    def token_ids(self, inputs: tuple[str | tuple[int, ...], ...]) -> list[list[int]]:
+        """Each input as the model's token ids; raises ContextLengthExceeded for one too long."""
+
+    @abstractmethod
+    def embed(self, rows: list[list[int]]) -> torch.Tensor:
+        """One vector per row, shape [len(rows), dimensions]."""

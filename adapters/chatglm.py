@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from adapters.base import AdapterBase, AdapterError, ModelLoadError, UnsupportedParameter
+from adapters.base import AdapterError, ModelLoadError, TextAdapter, UnsupportedParameter
 from adapters.hf_causal import pick_device, pick_dtype
 from adapters.templates import Template, get_template
 from protocol import ChatMessage, GenerateJob, SamplingParams
@@ -32,11 +32,10 @@ class ConversationError(AdapterError):
     param = "messages"
 
 
-class ChatGLMAdapter(AdapterBase):
-    """A text-streaming adapter (kind "text"): driven by workers.serial_engine.SerialEngine."""
+class ChatGLMAdapter(TextAdapter):
+    """Remote-code ChatGLM-6B/2/3: the model's own `stream_chat` writes the reply."""
 
     name = "chatglm"
-    kind = "text"
 
     def load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
@@ -71,8 +70,9 @@ class ChatGLMAdapter(AdapterBase):
     def context_length(self) -> int:
         return self._context
 
-    def default_sampling(self) -> dict[str, float]:
-        return {}
+    @property
+    def chat_stops(self) -> tuple[str, ...]:
+        return self.template.stop
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))

@@ -13,15 +13,17 @@ from typing import Any
 
 import torch
 
-from adapters.base import AdapterBase, AdapterError, ContextLengthExceeded
+from adapters.base import AdapterError, ContextLengthExceeded, EmbedAdapter
 from adapters.hf_causal import pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddingAdapter(AdapterBase):
+class EmbeddingAdapter(EmbedAdapter):
+    """Sentence-transformers style encoders (BERT, MiniLM...): pooling and normalization as the
+    folder's sentence-transformers files say."""
+
     name = "embeddings"
-    kind = "embed"
 
     def load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
@@ -35,11 +37,15 @@ class EmbeddingAdapter(AdapterBase):
         self.model = model.to(self.device).eval()
         self.pooling, self.normalize, max_length = _sentence_transformers_setup(path)
         native = max_length or getattr(self.model.config, "max_position_embeddings", 512)
-        self.max_tokens = min(native, self.spec.max_context) if self.spec.max_context else native
+        self._context = min(native, self.spec.max_context) if self.spec.max_context else native
         self.dimensions = int(self.model.config.hidden_size)
         log.info("loaded %s (embeddings: %d dimensions, %s pooling%s, up to %d tokens) in %.1f s", self.spec.name,
-                 self.dimensions, self.pooling, ", normalized" if self.normalize else "", self.max_tokens,
+                 self.dimensions, self.pooling, ", normalized" if self.normalize else "", self._context,
                  time.monotonic() - started)  # fmt: skip
+
+    @property
+    def context_length(self) -> int:
+        return self._context
 
     def token_ids(self, inputs: tuple[str | tuple[int, ...], ...]) -> list[list[int]]:
         """Each input as the model's token ids (with [CLS]/[SEP]); raises when one is too long."""
@@ -51,8 +57,8 @@ class EmbeddingAdapter(AdapterBase):
                 if any(t < 0 or t >= self.tokenizer.vocab_size for t in item):
                     raise AdapterError(f"input[{i}] holds a token id outside this model's vocabulary.")
                 ids = self._with_special_tokens(list(item))
-            if len(ids) > self.max_tokens:
-                raise ContextLengthExceeded(len(ids), self.max_tokens)
+            if len(ids) > self._context:
+                raise ContextLengthExceeded(len(ids), self._context)
             rows.append(ids)
         return rows
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import base64
 import threading
-from typing import Any
+from collections.abc import Callable
 
-from adapters.base import AdapterError
-from protocol import EmbedJob
+from adapters import AdapterError, EmbedAdapter
+from protocol import EMBEDS, EmbedJob, ModelCard, ModelSpec
 
 CHUNK = 64  # rows per forward pass
 
@@ -18,12 +18,24 @@ class DimensionsNotSupported(AdapterError):
 
 
 class EmbeddingEngine:
-    def __init__(self, adapter: Any, slots: int) -> None:
-        self.adapter = adapter
+    """The engine of embed adapters: requests take turns on the model."""
+
+    capabilities = EMBEDS
+
+    def __init__(self, adapter: EmbedAdapter, slots: int = 1, on_step_end: Callable[[], None] = lambda: None,
+                 keepalive: float = 5.0) -> None:  # fmt: skip
+        self.adapter = adapter  # events are published by the task itself: nothing to flush or keep alive
         self.slots = slots
         self._lock = threading.Lock()
         self._active = 0
         self.tokens_read = 0
+
+    @staticmethod
+    def pool_slots(spec: ModelSpec) -> int:
+        return spec.slots
+
+    def card(self) -> ModelCard:
+        return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length)
 
     @property
     def free_slots(self) -> int:

@@ -10,12 +10,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from adapters import ContextLengthExceeded, EmptyPrompt
+from adapters import ContextLengthExceeded, EmptyPrompt, TextAdapter
 from adapters.stops import StopMatcher
-from workers.engine import FinishReason, Sink
-from protocol import GenerateJob, SamplingParams, Usage
+from protocol import GENERATES, GenerateJob, ModelCard, ModelSpec, SamplingParams, Usage
+from workers.contract import FinishReason, Sink
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +31,14 @@ class TextRequest:
 
 
 class SerialEngine:
+    """The engine of text adapters: one request at a time, in order."""
+
+    capabilities = GENERATES
     slots = 1
 
-    def __init__(self, adapter: Any, on_step_end: Callable[[], None] = lambda: None, keepalive: float = 5.0) -> None:
-        self.adapter = adapter
+    def __init__(self, adapter: TextAdapter, slots: int = 1, on_step_end: Callable[[], None] = lambda: None,
+                 keepalive: float = 5.0) -> None:  # fmt: skip
+        self.adapter = adapter  # `slots` is ignored: the model streams one reply at a time
         self._on_step_end = on_step_end
         self._keepalive = keepalive  # seconds a request may go without an event
         chosen = adapter.spec.defaults.model_dump(exclude_none=True, exclude={"max_tokens"})
@@ -47,6 +49,13 @@ class SerialEngine:
         self.generated_tokens = 0
         self._thread = threading.Thread(target=self._loop, name=f"engine-{adapter.spec.name}", daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def pool_slots(spec: ModelSpec) -> int:
+        return 1
+
+    def card(self) -> ModelCard:
+        return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length)
 
     @property
     def free_slots(self) -> int:
@@ -69,7 +78,7 @@ class SerialEngine:
         params = job.params.resolved(**self._defaults)
         room = self.adapter.context_length - len(prompt_ids)
         limit = min(params.max_tokens or self._default_max_tokens or room, room)
-        stops = params.stop + (self.adapter.template.stop if job.messages is not None else ())
+        stops = params.stop + (self.adapter.chat_stops if job.messages is not None else ())
         request = TextRequest(job, prompt_ids, params, limit, sink, StopMatcher(stops))
         self._queue.put(request)
         return request

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import shared_task
@@ -13,9 +13,9 @@ from pydantic import ValidationError
 
 import workers.lifecycle  # noqa: F401  (connects the start-up and heartbeat signal handlers)
 from adapters import AdapterError, ContextLengthExceeded
-from workers.lifecycle import WorkerState
-from workers.embed_engine import EmbeddingEngine
-from protocol import TASK_EMBED, TASK_GENERATE, EmbedJob, GenerateJob, cancel_key_for
+from protocol import TASK_EMBED, TASK_GENERATE, Capability, EmbedJob, GenerateJob, cancel_key_for
+from workers.contract import EmbedEngine, Engine, GenerationEngine
+from workers.heartbeat import WorkerState
 from workers.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,11 @@ def run_embed_job(state: WorkerState, payload: dict[str, Any]) -> None:
         if job.expired or state.redis.exists(cancel_key_for(job.request_id)):
             publisher.error("expired", "the request expired before a worker was free")
             return
-        engine = state.engines.get(job.model)
-        if not isinstance(engine, EmbeddingEngine):
-            publisher.error("model_not_found", f"this worker does not embed with model {job.model!r}", param="model")
+        engine = _engine_that_can(state, job.model, "embeddings", publisher)
+        if engine is None:
             return
         publisher.start(worker=state.worker_id, prompt_tokens=0)
-        vectors, tokens = engine.run(job)
+        vectors, tokens = cast(EmbedEngine, engine).run(job)
         publisher.embeddings(vectors, tokens)
 
 
@@ -52,6 +51,19 @@ def run_job(state: WorkerState, payload: dict[str, Any]) -> None:
     prompt_param = "messages" if isinstance(payload, dict) and payload.get("messages") else "prompt"
     with _error_boundary(state, payload, prompt_param) as publisher:
         _generate(state, GenerateJob.model_validate(payload), publisher)
+
+
+def _engine_that_can(state: WorkerState, model: str, capability: Capability, publisher: EventPublisher) -> Engine | None:
+    """The engine serving `model`, if it can do `capability`; else the client hears why."""
+    engine = state.engines.get(model)
+    if engine is None:
+        publisher.error("model_not_found", f"this worker does not serve model {model!r}", param="model")
+    elif capability not in engine.capabilities:
+        publisher.error("invalid_request", f"model {model!r} does not support {capability} (it serves: "
+                        f"{', '.join(engine.capabilities)})", param="model")  # fmt: skip
+    else:
+        return engine
+    return None
 
 
 @contextmanager
@@ -82,10 +94,10 @@ def _generate(state: WorkerState, job: GenerateJob, publisher: EventPublisher) -
         log.info("dropping %s: its client is gone", job.request_id)
         publisher.error("expired", "the request expired before a worker was free")
         return
-    engine = state.engines.get(job.model)
-    if engine is None or isinstance(engine, EmbeddingEngine):
-        publisher.error("model_not_found", f"this worker does not generate with model {job.model!r}", param="model")
+    found = _engine_that_can(state, job.model, "chat" if job.messages is not None else "completions", publisher)
+    if found is None:
         return
+    engine = cast(GenerationEngine, found)
     prompt_ids = engine.prompt_ids(job)
     publisher.start(worker=state.worker_id, prompt_tokens=len(prompt_ids))
     # From here on the engine publishes this request's events (batched per decode step); this

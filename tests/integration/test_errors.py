@@ -135,7 +135,7 @@ def test_worker_answers_a_job_for_a_model_it_does_not_hold_with_an_error_event(r
     """The worker's task body, against real Redis: an error event, not a crash."""
     import redis as redis_lib
 
-    from workers.lifecycle import WorkerState
+    from workers.heartbeat import WorkerState
     from protocol import GenerateJob
     from workers.publisher import Outbox
     from workers.settings import WorkerSettings

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from adapters.hf_causal import HfCausalAdapter
-from workers.engine import Engine, Finished
+from workers.batch_engine import BatchEngine
+from workers.contract import Finished
 from protocol.models_file import ModelSpec
 from protocol import SamplingParams, Usage
 
@@ -55,20 +56,20 @@ def adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> H
 
 
 @pytest.fixture(scope="module")
-def batched(adapter: HfCausalAdapter) -> Engine:
-    return Engine(adapter, slots=16)
+def batched(adapter: HfCausalAdapter) -> BatchEngine:
+    return BatchEngine(adapter, slots=16)
 
 
 @pytest.fixture(scope="module")
-def alone(adapter: HfCausalAdapter) -> Engine:
-    return Engine(adapter, slots=1)
+def alone(adapter: HfCausalAdapter) -> BatchEngine:
+    return BatchEngine(adapter, slots=1)
 
 
 def _ids(adapter: HfCausalAdapter, prompt: str) -> list[int]:
     return adapter.text_prompt(prompt)
 
 
-def _solo(engine: Engine, ids: list[int], params: SamplingParams) -> tuple[str, Finished]:
+def _solo(engine: BatchEngine, ids: list[int], params: SamplingParams) -> tuple[str, Finished]:
     sink = RecordingSink()
     seq = engine.submit(ids, params, sink)
     assert seq.finished.wait(60)
@@ -189,7 +190,7 @@ def test_prefix_cache_gives_the_same_tokens_as_computing_every_prompt_whole(tiny
         spec = ModelSpec(name="tiny", path=tiny_model_dir, device="cpu", prefix_cache=use_cache)
         adapter = HfCausalAdapter(spec, tmp_path)
         adapter.load()
-        engine = Engine(adapter, slots=16)
+        engine = BatchEngine(adapter, slots=16)
         runs = []
         for _ in range(2):  # the second round finds the prefixes cached (when the cache is on)
             sinks = [RecordingSink() for _ in prompts]
@@ -208,7 +209,7 @@ def test_a_model_placed_by_accelerate_device_map_generates_the_same(adapter, alo
     spec = ModelSpec(name="tiny", path=tiny_model_dir, device_map="cpu")
     mapped = HfCausalAdapter(spec, tmp_path)
     mapped.load()
-    engine = Engine(mapped, slots=4)
+    engine = BatchEngine(mapped, slots=4)
     ids = _ids(adapter, PROMPTS[2])
     params = SamplingParams(temperature=0.0, max_tokens=16)
     assert _solo(engine, ids, params) == _solo(alone, ids, params)

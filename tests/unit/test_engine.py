@@ -1,4 +1,4 @@
-"""Engine over the real HfCausalAdapter and a tiny random Llama: text, stops, usage, seeds, limits."""
+"""BatchEngine over the real HfCausalAdapter and a tiny random Llama: text, stops, usage, seeds, limits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import torch
 
 from adapters import AdapterError, ContextLengthExceeded
 from adapters.hf_causal import HfCausalAdapter
-from workers.engine import Cancelled, Engine, Finished
+from tests.engines import generate
+from workers.batch_engine import BatchEngine
+from workers.contract import Cancelled, Finished
 from protocol.models_file import ModelSpec
 from protocol import ChatMessage, GenerateJob, SamplingParams
 
@@ -33,16 +35,16 @@ def adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> H
 
 
 @pytest.fixture(scope="module")
-def engine(adapter: HfCausalAdapter) -> Engine:
-    return Engine(adapter)
+def engine(adapter: HfCausalAdapter) -> BatchEngine:
+    return BatchEngine(adapter)
 
 
 def _job(**fields: object) -> GenerateJob:
     return GenerateJob(request_id="cmpl-test", model="tiny", expires_at=time.time() + 60, **fields)
 
 
-def _run(engine: Engine, prompt_ids: list[int], params: SamplingParams, **kw: object) -> tuple[str, Finished]:
-    out = list(engine.generate(prompt_ids, params, **kw))
+def _run(engine: BatchEngine, prompt_ids: list[int], params: SamplingParams, **kw: object) -> tuple[str, Finished]:
+    out = list(generate(engine, prompt_ids, params, **kw))
     *deltas, finished = out
     assert isinstance(finished, Finished)
     assert all(isinstance(d, str) and d for d in deltas)  # only non-empty text before Finished
@@ -65,7 +67,7 @@ def _decode(adapter: HfCausalAdapter, ids: list[int]) -> str:
 
 @pytest.mark.parametrize("prompt", [PROMPT, "Hello! How are", "東京 😀"])
 def test_greedy_output_equals_transformers_generate(
-    engine: Engine, adapter: HfCausalAdapter, prompt: str
+    engine: BatchEngine, adapter: HfCausalAdapter, prompt: str
 ) -> None:
     ids = engine.prompt_ids(_job(prompt=prompt))
     ref = _reference(adapter, ids, 40)
@@ -74,7 +76,7 @@ def test_greedy_output_equals_transformers_generate(
     assert finished.usage.completion_tokens == len(ref)
 
 
-def test_length_finish_uses_exactly_max_tokens(engine: Engine, adapter: HfCausalAdapter) -> None:
+def test_length_finish_uses_exactly_max_tokens(engine: BatchEngine, adapter: HfCausalAdapter) -> None:
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     ref = _reference(adapter, ids, 12)
     assert len(ref) == 12 and not set(ref) & adapter._eos_ids, "the reference hit EOS; pick another prompt"
@@ -84,7 +86,7 @@ def test_length_finish_uses_exactly_max_tokens(engine: Engine, adapter: HfCausal
     assert text == _decode(adapter, ref)
 
 
-def test_stop_string_from_the_middle_cuts_right_before_it(engine: Engine, adapter: HfCausalAdapter) -> None:
+def test_stop_string_from_the_middle_cuts_right_before_it(engine: BatchEngine, adapter: HfCausalAdapter) -> None:
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     reference = _decode(adapter, _reference(adapter, ids, 40))
     middle = len(reference) // 2
@@ -97,7 +99,7 @@ def test_stop_string_from_the_middle_cuts_right_before_it(engine: Engine, adapte
     assert finished.usage.completion_tokens < 40
 
 
-def test_stop_string_that_never_appears_changes_nothing(engine: Engine, adapter: HfCausalAdapter) -> None:
+def test_stop_string_that_never_appears_changes_nothing(engine: BatchEngine, adapter: HfCausalAdapter) -> None:
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     plain, done_plain = _run(engine, ids, SamplingParams(temperature=0.0, max_tokens=20))
     stopped, done_stopped = _run(
@@ -107,7 +109,7 @@ def test_stop_string_that_never_appears_changes_nothing(engine: Engine, adapter:
     assert done_stopped == done_plain
 
 
-def test_usage_prompt_tokens_is_the_prompt_length(engine: Engine, adapter: HfCausalAdapter) -> None:
+def test_usage_prompt_tokens_is_the_prompt_length(engine: BatchEngine, adapter: HfCausalAdapter) -> None:
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     assert ids == adapter.tokenizer.encode(PROMPT)
     _, finished = _run(engine, ids, SamplingParams(temperature=0.0, max_tokens=3))
@@ -115,32 +117,32 @@ def test_usage_prompt_tokens_is_the_prompt_length(engine: Engine, adapter: HfCau
     assert finished.usage.total_tokens == len(ids) + 3
 
 
-def test_same_seed_gives_same_text(engine: Engine) -> None:
+def test_same_seed_gives_same_text(engine: BatchEngine) -> None:
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     params = SamplingParams(temperature=0.9, max_tokens=24, seed=1234)
     assert _run(engine, ids, params)[0] == _run(engine, ids, params)[0]
 
 
-def test_different_seeds_give_different_text(engine: Engine) -> None:
+def test_different_seeds_give_different_text(engine: BatchEngine) -> None:
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     texts = {_run(engine, ids, SamplingParams(temperature=0.9, max_tokens=24, seed=s))[0] for s in range(5)}
     assert len(texts) > 1
 
 
-def test_seeded_sampling_differs_from_greedy(engine: Engine) -> None:
+def test_seeded_sampling_differs_from_greedy(engine: BatchEngine) -> None:
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     greedy = _run(engine, ids, SamplingParams(temperature=0.0, max_tokens=24))[0]
     sampled = {_run(engine, ids, SamplingParams(temperature=0.9, max_tokens=24, seed=s))[0] for s in range(3)}
     assert sampled != {greedy}
 
 
-def test_tiny_top_p_keeps_only_the_best_token(engine: Engine) -> None:
+def test_tiny_top_p_keeps_only_the_best_token(engine: BatchEngine) -> None:
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     greedy = _run(engine, ids, SamplingParams(temperature=0.0, max_tokens=24))[0]
     assert _run(engine, ids, SamplingParams(temperature=1.5, top_p=1e-6, max_tokens=24, seed=9))[0] == greedy
 
 
-def test_cancelled_raises_and_stops_asking(engine: Engine) -> None:
+def test_cancelled_raises_and_stops_asking(engine: BatchEngine) -> None:
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     calls = []
 
@@ -149,14 +151,14 @@ def test_cancelled_raises_and_stops_asking(engine: Engine) -> None:
         return len(calls) >= 3
 
     with pytest.raises(Cancelled):
-        list(engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=50), cancelled=cancelled))
+        list(generate(engine, ids, SamplingParams(temperature=0.0, max_tokens=50), cancelled=cancelled))
     assert len(calls) == 3
 
 
-def test_cancelled_from_the_start_yields_no_finished(engine: Engine) -> None:
+def test_cancelled_from_the_start_yields_no_finished(engine: BatchEngine) -> None:
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     seen: list[object] = []
-    steps = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=50), cancelled=lambda: True)
+    steps = generate(engine, ids, SamplingParams(temperature=0.0, max_tokens=50), cancelled=lambda: True)
     with pytest.raises(Cancelled):
         seen.extend(steps)
     assert not any(isinstance(item, Finished) for item in seen)
@@ -166,7 +168,7 @@ def test_context_length_is_the_models(adapter: HfCausalAdapter) -> None:
     assert adapter.context_length == CONTEXT
 
 
-def test_prompt_longer_than_context_is_refused(engine: Engine) -> None:
+def test_prompt_longer_than_context_is_refused(engine: BatchEngine) -> None:
     with pytest.raises(ContextLengthExceeded) as info:
         engine.prompt_ids(_job(prompt="Hello! How are you today? " * 100))
     assert info.value.limit == CONTEXT
@@ -174,7 +176,7 @@ def test_prompt_longer_than_context_is_refused(engine: Engine) -> None:
     assert str(CONTEXT) in str(info.value)
 
 
-def test_chat_longer_than_context_is_refused(engine: Engine) -> None:
+def test_chat_longer_than_context_is_refused(engine: BatchEngine) -> None:
     messages = tuple(
         ChatMessage(role="user", content="Queues hold work until a worker is free.") for _ in range(40)
     )
@@ -182,7 +184,7 @@ def test_chat_longer_than_context_is_refused(engine: Engine) -> None:
         engine.prompt_ids(_job(messages=messages))
 
 
-def test_prompt_filling_the_whole_context_is_refused(engine: Engine, adapter: HfCausalAdapter) -> None:
+def test_prompt_filling_the_whole_context_is_refused(engine: BatchEngine, adapter: HfCausalAdapter) -> None:
     text = "Hello! How are you today? " * 100
     ids = adapter.tokenizer.encode(text)[:CONTEXT]
     exact = adapter.tokenizer.decode(ids)
@@ -191,7 +193,7 @@ def test_prompt_filling_the_whole_context_is_refused(engine: Engine, adapter: Hf
         engine.prompt_ids(_job(prompt=exact))
 
 
-def test_generation_never_runs_past_the_context(engine: Engine) -> None:
+def test_generation_never_runs_past_the_context(engine: BatchEngine) -> None:
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     prompt = (ids * CONTEXT)[: CONTEXT - 3]
     _, finished = _run(engine, prompt, SamplingParams(temperature=0.0, max_tokens=50))
@@ -201,7 +203,7 @@ def test_generation_never_runs_past_the_context(engine: Engine) -> None:
     assert unbounded.usage.completion_tokens == 3
 
 
-def test_empty_prompt_is_answered_or_refused_as_a_client_error(engine: Engine) -> None:
+def test_empty_prompt_is_answered_or_refused_as_a_client_error(engine: BatchEngine) -> None:
     try:
         ids = engine.prompt_ids(_job(prompt=""))
     except AdapterError:
@@ -210,7 +212,7 @@ def test_empty_prompt_is_answered_or_refused_as_a_client_error(engine: Engine) -
     assert finished.usage.completion_tokens >= 1
 
 
-def test_chat_prompt_uses_the_chat_template(engine: Engine, adapter: HfCausalAdapter) -> None:
+def test_chat_prompt_uses_the_chat_template(engine: BatchEngine, adapter: HfCausalAdapter) -> None:
     job = _job(
         messages=(
             ChatMessage(role="system", content="Be brief."),
@@ -235,7 +237,7 @@ def test_eos_ends_generation_with_stop(adapter: HfCausalAdapter, tmp_path: Path)
     config = json.loads(config_path.read_text())
     config["eos_token_id"] = [adapter.tokenizer.eos_token_id, ref[cut]]
     config_path.write_text(json.dumps(config))
-    eos_engine = Engine(_load(folder, tmp_path / "cache"))
+    eos_engine = BatchEngine(_load(folder, tmp_path / "cache"))
     text, finished = _run(eos_engine, ids, SamplingParams(temperature=0.0, max_tokens=30))
     assert finished.finish_reason == "stop"
     assert text == _decode(adapter, ref[:cut])
@@ -243,11 +245,11 @@ def test_eos_ends_generation_with_stop(adapter: HfCausalAdapter, tmp_path: Path)
 
 
 def test_models_file_defaults_apply_only_where_the_request_is_silent(tiny_model_dir: Path, tmp_path: Path,
-                                                                      engine: Engine) -> None:  # fmt: skip
+                                                                      engine: BatchEngine) -> None:  # fmt: skip
     spec = ModelSpec(name="tiny", path=tiny_model_dir, device="cpu", defaults={"temperature": 0.0})
     greedy_by_default = HfCausalAdapter(spec, tmp_path)
     greedy_by_default.load()
-    defaulted = Engine(greedy_by_default)
+    defaulted = BatchEngine(greedy_by_default)
     ids = defaulted.prompt_ids(_job(prompt=PROMPT))
     expected, _ = _run(engine, ids, SamplingParams(temperature=0.0, max_tokens=12))
     unseeded = [_run(defaulted, ids, SamplingParams(max_tokens=12))[0] for _ in range(3)]
@@ -260,7 +262,7 @@ def test_models_file_max_tokens_caps_requests_that_set_none(tiny_model_dir: Path
     spec = ModelSpec(name="tiny", path=tiny_model_dir, device="cpu", defaults={"max_tokens": 5})
     capped = HfCausalAdapter(spec, tmp_path)
     capped.load()
-    engine = Engine(capped)
+    engine = BatchEngine(capped)
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     assert _run(engine, ids, SamplingParams(temperature=0.0))[1].usage.completion_tokens <= 5
     assert _run(engine, ids, SamplingParams(temperature=0.0, max_tokens=9))[1].usage.completion_tokens > 5

@@ -16,7 +16,7 @@ from adapters.chatglm import ChatGLMAdapter, ConversationError
 from tests.tiny_families import make_tiny_chatglm, make_tiny_encoder, make_tiny_glm4
 from tests.unit.test_batching import RecordingSink
 from workers.embed_engine import DimensionsNotSupported, EmbeddingEngine
-from workers.engine import Engine
+from workers.batch_engine import BatchEngine
 from protocol.models_file import ModelSpec
 from protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams
 from workers.serial_engine import SerialEngine
@@ -131,7 +131,7 @@ def test_native_glm4_is_batched_and_matches_generate(tmp_path: Path) -> None:
     messages = _chat(("user", "What is the capital of France?"))
     ids = adapter.chat_prompt(messages)
     assert adapter.tokenizer.decode(ids).startswith("[gMASK]<sop><|user|>")
-    engine = Engine(adapter, slots=4)
+    engine = BatchEngine(adapter, slots=4)
     sink = _serve(engine, _job(messages=messages, params=SamplingParams(temperature=0.0, max_tokens=10)))
     out = adapter.model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)
     assert sink.text == adapter.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)

@@ -7,9 +7,16 @@ from types import SimpleNamespace
 
 import fakeredis
 
-from workers.lifecycle import WorkerState
-from protocol import MODELS_SEEN_KEY, live_workers_key, slots_key, stats_key
+from protocol import EMBEDS, GENERATES, MODELS_SEEN_KEY, ModelCard, cards_key, live_workers_key, slots_key, stats_key
+from workers.heartbeat import WorkerState
 from workers.settings import WorkerSettings
+
+CHAT_CARD = ModelCard(capabilities=GENERATES, max_model_len=2048)
+
+
+def _engine(free: int = 8, slots: int = 8, stats: dict | None = None, card: ModelCard = CHAT_CARD) -> SimpleNamespace:
+    stats = stats or {"running": slots - free, "slots": slots, "tokens": 0}
+    return SimpleNamespace(free_slots=free, slots=slots, stats=lambda: stats, card=lambda: card)
 
 
 def _state(client, engines) -> WorkerState:
@@ -18,11 +25,14 @@ def _state(client, engines) -> WorkerState:
 
 def test_a_beat_announces_each_model_with_its_free_slots() -> None:
     client = fakeredis.FakeRedis()
-    _state(client, {"m": SimpleNamespace(free_slots=3, slots=8, stats=lambda: {"running": 5, "slots": 8, "tokens": 42})}).beat()
+    embedder = ModelCard(capabilities=EMBEDS, max_model_len=512)
+    _state(client, {"m": _engine(3, 8, {"running": 5, "slots": 8, "tokens": 42}), "e": _engine(card=embedder)}).beat()
     assert client.zscore(live_workers_key("m"), "w1@host") is not None
     assert client.hget(slots_key("m"), "w1@host") == b"3/8"
-    assert client.smembers(MODELS_SEEN_KEY) == {b"m"}
+    assert client.smembers(MODELS_SEEN_KEY) == {b"m", b"e"}
     assert json.loads(client.hget(stats_key("m"), "w1@host")) == {"running": 5, "slots": 8, "tokens": 42}
+    assert ModelCard.model_validate_json(client.hget(cards_key("m"), "w1@host")) == CHAT_CARD
+    assert ModelCard.model_validate_json(client.hget(cards_key("e"), "w1@host")) == embedder
 
 
 def test_a_beat_forgets_workers_dead_for_ten_heartbeat_ttls_in_both_keys() -> None:
@@ -32,7 +42,9 @@ def test_a_beat_forgets_workers_dead_for_ten_heartbeat_ttls_in_both_keys() -> No
     client.zadd(live_workers_key("m"), {"killed@host": seconds - 60, "recent@host": seconds - 5})
     client.hset(slots_key("m"), mapping={"killed@host": "0/8", "recent@host": "8/8"})
     client.hset(stats_key("m"), mapping={"killed@host": "{}"})
-    _state(client, {"m": SimpleNamespace(free_slots=8, slots=8, stats=lambda: {"running": 0, "slots": 8, "tokens": 0})}).beat()
+    client.hset(cards_key("m"), mapping={"killed@host": "{}"})
+    _state(client, {"m": _engine()}).beat()
     assert set(client.zrange(live_workers_key("m"), 0, -1)) == {b"w1@host", b"recent@host"}
     assert set(client.hkeys(slots_key("m"))) == {b"w1@host", b"recent@host"}
     assert set(client.hkeys(stats_key("m"))) == {b"w1@host"}
+    assert set(client.hkeys(cards_key("m"))) == {b"w1@host"}

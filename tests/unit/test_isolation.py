@@ -16,7 +16,7 @@ from adapters.echo import EchoAdapter
 from adapters.hf_causal import HfCausalAdapter
 from adapters.sampling import make_generator, next_token
 from tests.unit.test_batching import RecordingSink
-from workers.engine import Engine
+from workers.batch_engine import BatchEngine
 from protocol.models_file import ModelSpec
 from protocol import GenerateJob, SamplingParams, channel_for, decode_event
 from workers.publisher import EventPublisher, Outbox
@@ -54,22 +54,22 @@ def adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> H
 
 
 @pytest.fixture(scope="module")
-def engine(adapter: HfCausalAdapter) -> Engine:
-    return Engine(adapter, slots=8)
+def engine(adapter: HfCausalAdapter) -> BatchEngine:
+    return BatchEngine(adapter, slots=8)
 
 
 @pytest.fixture(scope="module")
-def bounded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+def bounded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> BatchEngine:
     """The tiny model with room for KV_BUDGET token positions."""
     probe = _load(ModelSpec(name="probe", path=tiny_model_dir, device="cpu", dtype="float32"), tmp_path_factory.mktemp("p"))
     mb = KV_BUDGET * probe.kv_bytes_per_token / (1 << 20)
     spec = ModelSpec(name="tiny-bounded", path=tiny_model_dir, device="cpu", dtype="float32", kv_cache_mb=mb)
     adapter = _load(spec, tmp_path_factory.mktemp("b"))
     assert adapter.kv_budget_tokens == KV_BUDGET
-    return Engine(adapter, slots=8)
+    return BatchEngine(adapter, slots=8)
 
 
-def _ids(engine: Engine, tokens: int) -> list[int]:
+def _ids(engine: BatchEngine, tokens: int) -> list[int]:
     ids = engine.adapter.text_prompt("The capital of France is Paris. " * 40)
     assert len(ids) >= tokens
     return ids[:tokens]
@@ -105,7 +105,7 @@ def test_any_integer_seed_is_taken_and_gives_the_same_draws(seed: int) -> None:
     assert torch.rand(4, generator=first).tolist() == torch.rand(4, generator=again).tolist()
 
 
-def test_a_row_with_degenerate_sampling_does_not_fail_its_batch(engine: Engine) -> None:
+def test_a_row_with_degenerate_sampling_does_not_fail_its_batch(engine: BatchEngine) -> None:
     ids = _ids(engine, 12)
     sinks = [Sink() for _ in range(4)]
     params = [SamplingParams(temperature=0.8, seed=i, max_tokens=20) for i in range(3)]
@@ -116,7 +116,7 @@ def test_a_row_with_degenerate_sampling_does_not_fail_its_batch(engine: Engine) 
     assert all(s.finished is not None and s.finished.usage.completion_tokens >= 1 for s in sinks)
 
 
-def test_a_row_that_fails_fails_alone(engine: Engine) -> None:
+def test_a_row_that_fails_fails_alone(engine: BatchEngine) -> None:
     ids = _ids(engine, 10)
     healthy = [Sink() for _ in range(3)]
     broken = Sink(explode_on=3)
@@ -127,7 +127,7 @@ def test_a_row_that_fails_fails_alone(engine: Engine) -> None:
     assert len(engine._rows) == 0
 
 
-def test_a_prompt_whose_prefill_fails_fails_only_the_newcomers(engine: Engine) -> None:
+def test_a_prompt_whose_prefill_fails_fails_only_the_newcomers(engine: BatchEngine) -> None:
     ids = _ids(engine, 10)
     running = Sink()
     first = engine.submit(ids, SamplingParams(temperature=0.0, max_tokens=60), running)
@@ -142,7 +142,7 @@ def test_a_prompt_whose_prefill_fails_fails_only_the_newcomers(engine: Engine) -
     assert running.finished.usage.completion_tokens == 60 or running.finished.finish_reason == "stop"
 
 
-def test_a_request_that_can_never_fit_is_refused_naming_its_cause(bounded: Engine) -> None:
+def test_a_request_that_can_never_fit_is_refused_naming_its_cause(bounded: BatchEngine) -> None:
     with pytest.raises(KVCacheExceeded) as info:
         bounded.prompt_ids(_job("The capital of France is", max_tokens=KV_BUDGET))
     assert info.value.param == "max_tokens" and f"at most {KV_BUDGET}" in str(info.value)
@@ -152,7 +152,7 @@ def test_a_request_that_can_never_fit_is_refused_naming_its_cause(bounded: Engin
     assert info.value.param == "prompt"
 
 
-def test_an_implicit_limit_is_cut_to_what_fits(bounded: Engine) -> None:
+def test_an_implicit_limit_is_cut_to_what_fits(bounded: BatchEngine) -> None:
     ids = _ids(bounded, 20)
     sink = Sink()
     seq = bounded.submit(ids, SamplingParams(temperature=0.0), sink)
@@ -160,7 +160,7 @@ def test_an_implicit_limit_is_cut_to_what_fits(bounded: Engine) -> None:
     assert seq.finished.wait(60) and sink.error_code is None
 
 
-def test_a_request_that_does_not_fit_now_waits_for_room(bounded: Engine) -> None:
+def test_a_request_that_does_not_fit_now_waits_for_room(bounded: BatchEngine) -> None:
     ids = _ids(bounded, 20)
     big = SamplingParams(temperature=0.0, max_tokens=150)  # alone 170 positions; two would need 340
     first, second = Sink(), Sink()
@@ -175,7 +175,7 @@ def test_a_request_that_does_not_fit_now_waits_for_room(bounded: Engine) -> None
     assert 0 < peak <= KV_BUDGET
 
 
-def test_small_requests_share_the_budget(bounded: Engine) -> None:
+def test_small_requests_share_the_budget(bounded: BatchEngine) -> None:
     ids = _ids(bounded, 10)
     sinks = [Sink() for _ in range(4)]
     seqs = [bounded.submit(ids, SamplingParams(temperature=0.0, max_tokens=30), s) for s in sinks]
@@ -187,7 +187,7 @@ def test_small_requests_share_the_budget(bounded: Engine) -> None:
 def test_text_held_back_for_a_stop_sequence_sends_keepalives(tmp_path: Path) -> None:
     adapter = EchoAdapter(ModelSpec(name="echo", adapter="echo", options={"step_delay": 0.01}), tmp_path)
     adapter.load()
-    echo = Engine(adapter, slots=2, keepalive=0.05)
+    echo = BatchEngine(adapter, slots=2, keepalive=0.05)
     sink = Sink()
     seq = echo.submit(list(b"aaaa"), SamplingParams(temperature=0.0, max_tokens=60, stop=("a" * 1000,)), sink)
     assert seq.finished.wait(30)
@@ -243,7 +243,7 @@ def test_the_serial_engine_sends_keepalives_while_text_is_held_back() -> None:
     engine.close()
 
 
-def test_a_request_cancelled_while_waiting_for_room_leaves_at_once(bounded: Engine) -> None:
+def test_a_request_cancelled_while_waiting_for_room_leaves_at_once(bounded: BatchEngine) -> None:
     ids = _ids(bounded, 20)
     big = SamplingParams(temperature=0.0, max_tokens=150)
     running, waiting = Sink(), Sink()

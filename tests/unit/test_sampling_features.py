@@ -11,7 +11,7 @@ import torch
 
 from adapters.hf_causal import HfCausalAdapter
 from tests.unit.test_batching import RecordingSink
-from workers.engine import Engine
+from workers.batch_engine import BatchEngine
 from protocol.models_file import ModelSpec
 from protocol import SamplingParams
 
@@ -27,11 +27,11 @@ def adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> H
 
 
 @pytest.fixture(scope="module")
-def engine(adapter: HfCausalAdapter) -> Engine:
-    return Engine(adapter, slots=4)
+def engine(adapter: HfCausalAdapter) -> BatchEngine:
+    return BatchEngine(adapter, slots=4)
 
 
-def _run(engine: Engine, ids: list[int], **params) -> RecordingSink:
+def _run(engine: BatchEngine, ids: list[int], **params) -> RecordingSink:
     sink = RecordingSink()
     seq = engine.submit(ids, SamplingParams(**params), sink)
     assert seq.finished.wait(60) and sink.finished is not None, sink.error_code

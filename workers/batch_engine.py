@@ -1,4 +1,4 @@
-"""One Engine per loaded model: continuous batching over the adapter's `DecodeBatch`.
+"""The batch engine: continuous batching over the adapter's `DecodeBatch`.
 
 Requests join the running batch at the next step boundary (prefilled together with any other
 newcomers) and leave it as soon as they finish or are cancelled, each with its own sampling
@@ -14,13 +14,11 @@ only the newcomers.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
 
 import torch
 
@@ -28,35 +26,10 @@ from adapters import ContextLengthExceeded, EmptyPrompt, KVCacheExceeded, ModelA
 from adapters.base import Detokenizer
 from adapters.sampling import apply_penalties, logprobs_of, make_generator, next_token
 from adapters.stops import StopMatcher
-from protocol import ErrorCode, GenerateJob, SamplingParams, TokenLogprob, TopLogprob, Usage
+from protocol import GENERATES, ErrorCode, GenerateJob, ModelCard, ModelSpec, SamplingParams, TokenLogprob, TopLogprob, Usage
+from workers.contract import FinishReason, Sink
 
 log = logging.getLogger(__name__)
-
-FinishReason = Literal["stop", "length"]
-
-
-class Sink(Protocol):
-    """Where one request's results go (an EventPublisher in the worker)."""
-
-    def token(self, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> None: ...
-
-    def done(self, finish_reason: FinishReason, usage: Usage) -> None: ...
-
-    def error(self, code: ErrorCode, message: str, param: str | None = None) -> None: ...
-
-    def keepalive(self) -> None:
-        """The request is alive though it has nothing to send (text held back, waiting for room)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    finish_reason: FinishReason
-    usage: Usage
-
-
-class Cancelled(Exception):
-    """The client went away; generation stopped early."""
-
 
 @dataclass(eq=False)
 class Sequence:
@@ -77,7 +50,11 @@ class Sequence:
     last_sent: float = field(default_factory=time.monotonic)  # when its sink last heard from the engine
 
 
-class Engine:
+class BatchEngine:
+    """The engine of batch adapters (logits out): continuous batching over a `DecodeBatch`."""
+
+    capabilities = GENERATES
+
     def __init__(self, adapter: ModelAdapter, slots: int = 1, on_step_end: Callable[[], None] = lambda: None,
                  keepalive: float = 5.0) -> None:  # fmt: skip
         self.adapter = adapter
@@ -97,6 +74,13 @@ class Engine:
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name=f"engine-{adapter.spec.name}", daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def pool_slots(spec: ModelSpec) -> int:
+        return spec.slots
+
+    def card(self) -> ModelCard:
+        return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length)
 
     @property
     def free_slots(self) -> int:
@@ -185,27 +169,6 @@ class Engine:
         seq.cancelled = True
         with self._wake:
             self._wake.notify()
-
-    def generate(
-        self, prompt_ids: list[int], params: SamplingParams, cancelled: Callable[[], bool] = lambda: False
-    ) -> Iterator[str | Finished]:
-        """Synchronous convenience: text deltas, then one `Finished`; raises `Cancelled`."""
-        sink = _QueueSink()
-        seq = self.submit(prompt_ids, params, sink)
-        while True:
-            try:
-                item = sink.items.get(timeout=0.05)
-            except queue.Empty:
-                if cancelled():
-                    self.cancel(seq)
-                continue
-            if isinstance(item, Exception):
-                raise item
-            yield item
-            if isinstance(item, Finished):
-                return
-            if cancelled():
-                self.cancel(seq)
 
     def close(self) -> None:
         with self._wake:
@@ -368,19 +331,3 @@ class Engine:
         finally:
             seq.finished.set()
 
-
-class _QueueSink:
-    def __init__(self) -> None:
-        self.items: queue.Queue[str | Finished | Exception] = queue.Queue()
-
-    def token(self, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> None:
-        self.items.put(text)
-
-    def done(self, finish_reason: FinishReason, usage: Usage) -> None:
-        self.items.put(Finished(finish_reason, usage))
-
-    def error(self, code: ErrorCode, message: str, param: str | None = None) -> None:
-        self.items.put(Cancelled() if code == "cancelled" else RuntimeError(f"{code}: {message}"))
-
-    def keepalive(self) -> None:
-        pass

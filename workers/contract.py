@@ -1,0 +1,92 @@
+"""What every engine offers the worker, and what a generation engine sends back.
+
+One engine per served model, chosen by its adapter's kind (`workers.engines.ENGINES`):
+
+- `BatchEngine` (adapters of kind "batch": logits out) decodes many requests together;
+- `SerialEngine` (kind "text": the model streams text itself, remote-code ChatGLM) runs one at a time;
+- `EmbeddingEngine` (kind "embed") embeds each request's inputs.
+
+Tasks pick what to do from the engine's `capabilities` (the same list its heartbeat announces),
+never from its class.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from protocol import Capability, EmbedJob, ErrorCode, GenerateJob, ModelCard, TokenLogprob, Usage
+
+FinishReason = Literal["stop", "length"]
+
+
+class Sink(Protocol):
+    """Where one request's results go (an EventPublisher in the worker)."""
+
+    def token(self, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> None: ...
+
+    def done(self, finish_reason: FinishReason, usage: Usage) -> None: ...
+
+    def error(self, code: ErrorCode, message: str, param: str | None = None) -> None: ...
+
+    def keepalive(self) -> None:
+        """The request is alive though it has nothing to send (text held back, waiting for room)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    finish_reason: FinishReason
+    usage: Usage
+
+
+class Cancelled(Exception):
+    """The client went away; generation stopped early."""
+
+
+class Engine(Protocol):
+    """Every engine: a number of slots, counters for the heartbeat, a card, a clean shutdown."""
+
+    capabilities: tuple[Capability, ...]
+    slots: int
+
+    @property
+    def free_slots(self) -> int:
+        """Slots neither busy nor promised (a snapshot, for heartbeats)."""
+
+    def card(self) -> ModelCard:
+        """What this model can do here, announced with every heartbeat."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: at least "running", "slots" and "tokens"."""
+
+    def close(self) -> None:
+        """Stop the engine's threads; requests still inside get an error."""
+
+
+class Submitted(Protocol):
+    """A request inside a generation engine."""
+
+    cancelled: bool
+    finished: threading.Event
+
+
+class GenerationEngine(Engine, Protocol):
+    """Engines with the "chat" / "completions" capabilities."""
+
+    def prompt_ids(self, job: GenerateJob) -> list[int]:
+        """Tokenize the job's prompt; raises an AdapterError the client caused (too long, empty...)."""
+
+    def submit_job(self, job: GenerateJob, prompt_ids: list[int], sink: Sink) -> Submitted:
+        """Queue the job; its events go to `sink` from the engine's thread."""
+
+    def cancel(self, request: Submitted) -> None:
+        """Stop the request soon; its sink gets a 'cancelled' error."""
+
+
+class EmbedEngine(Engine, Protocol):
+    """Engines with the "embeddings" capability."""
+
+    def run(self, job: EmbedJob) -> tuple[tuple[str, ...], int]:
+        """(each input's vector as base64 little-endian float32, tokens read)."""
+

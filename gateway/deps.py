@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.metrics import HttpLabels
 from gateway.registry import Registry
 from gateway.relay import Relay
 from gateway.settings import GatewaySettings
@@ -23,11 +24,12 @@ def _registry(request: Request) -> Registry:
     return request.app.state.relay.registry
 
 
+def _http_labels(request: Request) -> HttpLabels:
+    return HttpLabels.of(request.scope)
+
+
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
+# The labels HttpMetricsMiddleware counts this request under; a route fills in the model.
+HttpLabelsDep = Annotated[HttpLabels, Depends(_http_labels)]
 RelayDep = Annotated[Relay, Depends(_relay)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
-
-
-def metric_label(relay: Relay, model: str) -> str:
-    """The model as a metrics label: names outside the models file collapse into "other"."""
-    return model if relay.registry.configured(model) else "other"

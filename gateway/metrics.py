@@ -179,8 +179,26 @@ class RequestTrace:
         )  # fmt: skip
 
 
+class HttpLabels:
+    """The labels one request is counted under besides its endpoint and status: the route that
+    knows the model sets it (through `gateway.deps.HttpLabelsDep`)."""
+
+    _KEY = "queuechat.http_labels"
+
+    def __init__(self) -> None:
+        self.model = ""
+
+    @classmethod
+    def of(cls, scope: Scope) -> HttpLabels:
+        """The request's labels, created on first use (by the middleware, before the route runs)."""
+        labels = scope.get(cls._KEY)
+        if labels is None:
+            labels = scope[cls._KEY] = cls()
+        return labels
+
+
 class HttpMetricsMiddleware:
-    """Counts every /v1 response by endpoint, model (set by the route on request.state) and status."""
+    """Counts every /v1 response by endpoint, model (see HttpLabels) and status."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -191,7 +209,7 @@ class HttpMetricsMiddleware:
         if scope["type"] != "http" or not path.startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        status = 500
+        status, labels = 500, HttpLabels.of(scope)
 
         async def observe(message: Message) -> None:
             nonlocal status
@@ -203,5 +221,4 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, observe)
         finally:
             endpoint = path if path in ENDPOINTS else ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
-            model = str(scope.get("state", {}).get("model", ""))
-            self.metrics.http.labels(endpoint, model, str(status)).inc()
+            self.metrics.http.labels(endpoint, labels.model, str(status)).inc()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from abc import abstractmethod
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.errors import InvalidRequest
+from gateway.reply import Format, Generation, Reply
 from gateway.settings import GatewaySettings
 from gateway.tool_types import (
     ChatCompletionTool,
@@ -160,19 +162,42 @@ class _GenerationRequest(_Request):
         except ValueError:
             raise InvalidRequest("'logit_bias' keys must be token ids (integers as strings).", param="logit_bias") from None
 
-    def _jobs(self, prefix: str, queue_timeout: float, prompts: list[dict[str, Any]],
+    _ID_PREFIX: ClassVar[str]
+
+    @abstractmethod
+    def to_jobs(self, queue_timeout: float, response_id: str | None = None) -> list[GenerateJob]:
+        """One job per choice; their request ids derive from `response_id` (a new one if None)."""
+
+    @abstractmethod
+    def reply(self) -> Reply:
+        """How the jobs' output is presented."""
+
+    @abstractmethod
+    def check_limits(self, limits: GatewaySettings) -> None:
+        """Raise InvalidRequest for what exceeds this server's limits."""
+
+    def generation(self, settings: GatewaySettings) -> Generation:
+        """Everything `respond` needs: checked against the server's limits, with a new response id."""
+        self.check_limits(settings)
+        response_id = f"{self._ID_PREFIX}-{uuid.uuid4().hex}"
+        return Generation(response_id, tuple(self.to_jobs(settings.queue_timeout, response_id)), self.reply())
+
+    def _jobs(self, response_id: str | None, queue_timeout: float, prompts: list[dict[str, Any]],
               params: SamplingParams) -> list[GenerateJob]:  # fmt: skip
         """One job per choice: each prompt `n` times.  With a seed, choice j samples with seed + j,
-        so the n choices differ yet the same request gives the same choices."""
-        base = _new_job_fields(prefix, self.model, queue_timeout)
+        so the n choices differ yet the same request gives the same choices.  A single job's
+        request id is the response id; several are `<response id>-<choice>`."""
+        response_id = response_id or f"{self._ID_PREFIX}-{uuid.uuid4().hex}"
         count = len(prompts) * self.n
         if count > MAX_CHOICES:
             raise InvalidRequest(f"n times the number of prompts may be at most {MAX_CHOICES}.", param="n")
         jobs = []
+        expires_at = time.time() + queue_timeout
         for k in range(count):
             seed = None if params.seed is None else params.seed + k % self.n
-            fields = {**base, "request_id": base["request_id"] if count == 1 else f"{base['request_id']}-{k}"}
-            jobs.append(GenerateJob(**prompts[k // self.n], params=params.model_copy(update={"seed": seed}), **fields))
+            request_id = response_id if count == 1 else f"{response_id}-{k}"
+            jobs.append(GenerateJob(**prompts[k // self.n], params=params.model_copy(update={"seed": seed}),
+                                    request_id=request_id, model=self.model, expires_at=expires_at))  # fmt: skip
         return jobs
 
     def _check_common_limits(self, limits: GatewaySettings, prompt_chars: int, prompt_param: str) -> None:
@@ -196,6 +221,7 @@ def _new_job_fields(prefix: str, model: str, queue_timeout: float) -> dict[str, 
 
 
 class CreateChatCompletionRequest(_GenerationRequest):
+    _ID_PREFIX = "chatcmpl"
     messages: Annotated[list[ChatCompletionRequestMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
@@ -235,7 +261,11 @@ class CreateChatCompletionRequest(_GenerationRequest):
             raise InvalidRequest(f"At most {limits.max_messages} messages are accepted.", param="messages")
         self._check_common_limits(limits, sum(len(m.text()) for m in self.messages), "messages")
 
-    def to_jobs(self, queue_timeout: float) -> list[GenerateJob]:
+    def reply(self) -> Reply:
+        return Reply(Format.CHAT, self.stream, self.include_usage, logprobs=bool(self.logprobs), n=self.n,
+                     tool_names=self.offered_tools)  # fmt: skip
+
+    def to_jobs(self, queue_timeout: float, response_id: str | None = None) -> list[GenerateJob]:
         messages = tuple(m.to_message() for m in self.messages)
         if self.response_format and (instruction := self.response_format.instruction()):
             messages = with_system_text(messages, instruction)
@@ -245,10 +275,11 @@ class CreateChatCompletionRequest(_GenerationRequest):
         if self.offered_tools:
             chat["tools"] = tuple(t.function.model_dump(exclude_none=True) for t in self.tools or [])
             chat["tool_choice"] = choice_name(self.tool_choice)
-        return self._jobs("chatcmpl", queue_timeout, [chat], params)
+        return self._jobs(response_id, queue_timeout, [chat], params)
 
 
 class CreateCompletionRequest(_GenerationRequest):
+    _ID_PREFIX = "cmpl"
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
     logprobs: int | None = Field(None, ge=0, le=5)
@@ -268,9 +299,14 @@ class CreateCompletionRequest(_GenerationRequest):
     def check_limits(self, limits: GatewaySettings) -> None:
         self._check_common_limits(limits, sum(len(p) for p in self.prompts), "prompt")
 
-    def to_jobs(self, queue_timeout: float) -> list[GenerateJob]:
+    def reply(self) -> Reply:
+        prefixes = [p for p in self.prompts for _ in range(self.n)] if self.echo else ()
+        return Reply(Format.TEXT, self.stream, self.include_usage, logprobs=self.logprobs is not None,
+                     prefixes=prefixes, n=self.n)  # fmt: skip
+
+    def to_jobs(self, queue_timeout: float, response_id: str | None = None) -> list[GenerateJob]:
         params = self.sampling_params(self.max_tokens, self.logprobs)
-        return self._jobs("cmpl", queue_timeout, [{"prompt": p} for p in self.prompts], params)
+        return self._jobs(response_id, queue_timeout, [{"prompt": p} for p in self.prompts], params)
 
 
 MAX_EMBEDDING_INPUTS = 2048  # as OpenAI

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from gateway.errors import ModelNotFound, ServiceUnavailable
-from protocol.models_file import ModelsFile
-from protocol import MODELS_SEEN_KEY, live_workers_key
+from pydantic import ValidationError
+
+from gateway.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from protocol import MODELS_SEEN_KEY, Capability, ModelCard, ModelsFile, cards_key, live_workers_key
+
+_NAMES = {"chat": "chat completions", "completions": "completions", "embeddings": "embeddings"}
 
 
 class Registry:
@@ -47,9 +50,28 @@ class Registry:
     async def live_models(self) -> list[str]:
         return [m for m, workers in (await self.live_map()).items() if workers]
 
-    async def require_live(self, model: str) -> None:
-        """Raise 404 for a model nobody knows, 503 for a known model that no live worker serves."""
-        if await self.live_workers(model):
+    async def cards(self, live: dict[str, list[str]]) -> dict[str, ModelCard | None]:
+        """What each model can do, merged over the cards of its live workers (None: no card yet)."""
+        models = [m for m, workers in live.items() if workers]
+        pipe = self._redis.pipeline(transaction=False)
+        for model in models:
+            pipe.hmget(cards_key(model), live[model])
+        return {model: _merged(cards) for model, cards in zip(models, await pipe.execute())}
+
+    async def require_live(self, model: str, capability: Capability | None = None) -> None:
+        """Raise 404 for a model nobody knows, 503 for a known model that no live worker serves,
+        400 (naming `model`) when its live workers say it cannot do `capability`."""
+        since = await self._now() - self._ttl
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrangebyscore(live_workers_key(model), since, "+inf")
+        pipe.hgetall(cards_key(model))
+        workers, cards = await pipe.execute()
+        if workers:
+            card = _merged([cards.get(w) for w in workers])
+            if capability is not None and card is not None and not card.can(capability):
+                raise InvalidRequest(f"Model '{model}' does not support {_NAMES[capability]}; it serves "
+                                     f"{', '.join(_NAMES[c] for c in card.capabilities)}.", param="model",
+                                     code="model_not_supported")  # fmt: skip
             return
         if model not in await self.known_models():
             raise ModelNotFound(model)
@@ -59,10 +81,28 @@ class Registry:
             code="model_unavailable",
         )
 
-    def configured(self, model: str) -> bool:
-        """In the models file (a bounded set: safe as a metrics label)."""
-        return self._models.get(model) is not None
+    def metric_label(self, model: str) -> str:
+        """The model as a metrics label: names outside the models file (an unbounded set) are "other"."""
+        return model if self._models.get(model) is not None else "other"
 
     def owned_by(self, model: str) -> str:
         spec = self._models.get(model)
         return spec.owned_by if spec else "queuechat"
+
+
+def _merged(raw_cards: list[bytes | str | None]) -> ModelCard | None:
+    """One card for a model from its workers' cards: every capability any of them has, the
+    smallest context length (what every worker can take).  None when no worker sent one."""
+    cards = []
+    for raw in raw_cards:
+        if not raw:
+            continue
+        try:
+            cards.append(ModelCard.model_validate_json(raw))
+        except ValidationError:
+            continue  # a newer or broken worker: it still serves, it just says nothing here
+    if not cards:
+        return None
+    capabilities = tuple(dict.fromkeys(c for card in cards for c in card.capabilities))
+    lengths = [card.max_model_len for card in cards if card.max_model_len is not None]
+    return ModelCard(capabilities=capabilities, max_model_len=min(lengths) if lengths else None)

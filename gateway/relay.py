@@ -71,7 +71,7 @@ class Relay:
         """Queue `job`; the returned stream yields its events.  Close it (async with) when done.
         `client_gone` is asked while waiting: a client that left is not waited for."""
         try:
-            await self.registry.require_live(job.model)
+            await self.registry.require_live(job.model, job.capability)
             await self._admit(job.model)  # counted in _sending until it is in the list
             try:
                 pubsub = self.redis.pubsub()

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from protocol.base import WireModel
+from protocol.cards import Capability
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"  # how models are asked to write calls
 
@@ -108,6 +109,11 @@ class GenerateJob(WireModel):
     def expired(self) -> bool:
         return time.time() > self.expires_at
 
+    @property
+    def capability(self) -> Capability:
+        """What the model must be able to do to serve this job."""
+        return "chat" if self.messages is not None else "completions"
+
 
 class EmbedJob(WireModel):
     """Embed every input (text, or token ids) with one embedding model."""
@@ -121,3 +127,7 @@ class EmbedJob(WireModel):
     @property
     def expired(self) -> bool:
         return time.time() > self.expires_at
+
+    @property
+    def capability(self) -> Capability:
+        return "embeddings"

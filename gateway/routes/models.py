@@ -1,27 +1,38 @@
-"""GET /v1/models and /v1/models/{id}: models that a live worker serves right now."""
-
-from typing import Any
+"""GET /v1/models and /v1/models/{id}: models that a live worker serves right now, with what
+each can do (`capabilities`) and its context length (`max_model_len`), as their workers say."""
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from gateway.deps import RegistryDep
+from gateway.openai_responses import ListModelsResponse, Model
 from gateway.registry import Registry
+from protocol import ModelCard
 
 router = APIRouter()
 
 _CREATED = 1_700_000_000  # a fixed timestamp: models here have no creation date
 
 
-def _model(registry: Registry, model: str) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": _CREATED, "owned_by": registry.owned_by(model)}
+def _model(registry: Registry, model: str, card: ModelCard | None) -> Model:
+    entry = Model(id=model, object="model", created=_CREATED, owned_by=registry.owned_by(model))
+    if card is not None:
+        entry.capabilities, entry.max_model_len = list(card.capabilities), card.max_model_len
+    return entry
+
+
+def _json(body: ListModelsResponse | Model) -> Response:
+    return Response(body.to_json(), media_type="application/json")
 
 
 @router.get("/v1/models")
-async def list_models(registry: RegistryDep) -> dict[str, Any]:
-    return {"object": "list", "data": [_model(registry, m) for m in await registry.live_models()]}
+async def list_models(registry: RegistryDep) -> Response:
+    cards = await registry.cards(await registry.live_map())
+    return _json(ListModelsResponse(object="list", data=[_model(registry, m, card) for m, card in cards.items()]))
 
 
 @router.get("/v1/models/{model:path}")
-async def retrieve_model(model: str, registry: RegistryDep) -> dict[str, Any]:
+async def retrieve_model(model: str, registry: RegistryDep) -> Response:
     await registry.require_live(model)
-    return _model(registry, model)
+    cards = await registry.cards({model: await registry.live_workers(model)})
+    return _json(_model(registry, model, cards.get(model)))

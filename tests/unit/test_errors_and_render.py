@@ -3,6 +3,7 @@ response bodies the renderer builds, both checked against OpenAI's OpenAPI schem
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -17,7 +18,8 @@ from gateway.errors import (
     install_error_handlers,
 )
 from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest
-from gateway.render import ChoiceState, Envelope, Format
+from gateway.render import ChoiceState, Envelope
+from gateway.reply import Format
 from tests.spec import assert_valid, errors_for
 from protocol import ErrorEvent, TokenLogprob, TopLogprob, Usage
 
@@ -184,40 +186,45 @@ LOGPROBS = (
 )
 
 
-def _whole(env: Envelope, text: str, finish: str, logprobs: bool = False) -> dict[str, Any]:
+def _whole(env: Envelope, text: str, finish: str, logprobs: bool = False):
     state = ChoiceState(index=0, parts=[text], finish_reason=finish, logprobs=logprobs, entries=list(LOGPROBS))
     return env.whole(state)
 
+
+def _sent(body) -> dict[str, Any]:
+    """A typed body as it goes on the wire."""
+    return json.loads(body.to_json())
+
 BODIES: dict[str, tuple[dict[str, Any], str]] = {
     "chat-role-chunk": (
-        CHAT.wrap([CHAT.delta(C0, "", role=True)], chunk=True),
+        _sent(CHAT.wrap([CHAT.delta(C0, "", role=True)], chunk=True)),
         "CreateChatCompletionStreamResponse",
     ),
-    "chat-text-chunk": (CHAT.wrap([CHAT.delta(C0, "Hel")], chunk=True), "CreateChatCompletionStreamResponse"),
+    "chat-text-chunk": (_sent(CHAT.wrap([CHAT.delta(C0, "Hel")], chunk=True)), "CreateChatCompletionStreamResponse"),
     "chat-final-chunk": (
-        CHAT.wrap([CHAT.delta(C0, None, "stop")], chunk=True),
+        _sent(CHAT.wrap([CHAT.delta(C0, None, "stop")], chunk=True)),
         "CreateChatCompletionStreamResponse",
     ),
-    "chat-usage-chunk": (CHAT.wrap([], chunk=True, usage=USAGE), "CreateChatCompletionStreamResponse"),
+    "chat-usage-chunk": (_sent(CHAT.wrap([], chunk=True, usage=USAGE)), "CreateChatCompletionStreamResponse"),
     "chat-whole": (
-        CHAT.wrap([_whole(CHAT, "Hello", "length")], chunk=False, usage=USAGE),
+        _sent(CHAT.wrap([_whole(CHAT, "Hello", "length")], chunk=False, usage=USAGE)),
         "CreateChatCompletionResponse",
     ),
-    "text-final-chunk": (TEXT.wrap([TEXT.delta(C0, None, "stop")], chunk=True), "CreateCompletionResponse"),
+    "text-final-chunk": (_sent(TEXT.wrap([TEXT.delta(C0, None, "stop")], chunk=True)), "CreateCompletionResponse"),
     "text-whole": (
-        TEXT.wrap([_whole(TEXT, "Hello", "stop")], chunk=False, usage=USAGE),
+        _sent(TEXT.wrap([_whole(TEXT, "Hello", "stop")], chunk=False, usage=USAGE)),
         "CreateCompletionResponse",
     ),
     "chat-logprobs-chunk": (
-        CHAT.wrap([CHAT.delta(ChoiceState(index=1, logprobs=True), "Hel", entries=LOGPROBS[:1])], chunk=True),
+        _sent(CHAT.wrap([CHAT.delta(ChoiceState(index=1, logprobs=True), "Hel", entries=LOGPROBS[:1])], chunk=True)),
         "CreateChatCompletionStreamResponse",
     ),
     "chat-logprobs-whole": (
-        CHAT.wrap([_whole(CHAT, "Hello", "stop", logprobs=True)], chunk=False, usage=USAGE),
+        _sent(CHAT.wrap([_whole(CHAT, "Hello", "stop", logprobs=True)], chunk=False, usage=USAGE)),
         "CreateChatCompletionResponse",
     ),
     "text-logprobs-whole": (
-        TEXT.wrap([_whole(TEXT, "Hello", "stop", logprobs=True)], chunk=False, usage=USAGE),
+        _sent(TEXT.wrap([_whole(TEXT, "Hello", "stop", logprobs=True)], chunk=False, usage=USAGE)),
         "CreateCompletionResponse",
     ),
 }
@@ -232,7 +239,7 @@ def test_rendered_body_matches_the_spec(name: str) -> None:
 def test_text_chunk_mid_stream_breaks_the_spec_only_by_its_null_finish_reason() -> None:
     """CreateCompletionResponse (also the stream shape) has a non-nullable finish_reason, which no
     mid-stream chunk can honestly fill; OpenAI itself sends null there.  Nothing else may be wrong."""
-    chunk = TEXT.wrap([TEXT.delta(C0, "Hel")], chunk=True)
+    chunk = _sent(TEXT.wrap([TEXT.delta(C0, "Hel")], chunk=True))
     errors = errors_for(chunk, "CreateCompletionResponse")
     assert errors and all(e.startswith("at choices/0/finish_reason: None") for e in errors), errors
 

@@ -17,16 +17,22 @@ import pytest
 import redis.exceptions as redis_exceptions
 from fakeredis.aioredis import FakeRedis
 
-from gateway.errors import InternalError, ModelNotFound, RateLimited, ServiceUnavailable
+from gateway.errors import InternalError, InvalidRequest, ModelNotFound, RateLimited, ServiceUnavailable
 from gateway.registry import Registry
 from gateway.relay import EventStream, Relay
 from gateway.fanout import Choices
-from gateway.render import ChoiceState, Envelope, Format, collect, sse_stream
+from gateway.render import Envelope, collect, sse_stream
+from gateway.reply import Format, Reply
 from tests.spec import assert_valid
 from tests.tiny_models import write_models_file
 from protocol.models_file import load_models_file
 from protocol import (
+    EMBEDS,
+    GENERATES,
     MODELS_SEEN_KEY,
+    ChatMessage,
+    ModelCard,
+    cards_key,
     TASK_GENERATE,
     DoneEvent,
     ErrorEvent,
@@ -252,6 +258,41 @@ async def test_model_announced_by_a_worker_is_known(
         await relay.submit(make_job("extra"))
 
 
+async def test_a_request_the_model_cannot_serve_is_refused_before_queueing(
+    relay: Relay, redis: FakeRedis, registry: Registry, celery: RecordingCelery
+) -> None:
+    await heartbeat(redis, "tiny", "w1")
+    await redis.hset(cards_key("tiny"), "w1", ModelCard(capabilities=EMBEDS, max_model_len=512).model_dump_json())
+    chat = GenerateJob(request_id="chatcmpl-x", model="tiny", messages=(ChatMessage(role="user", content="Hi"),),
+                       expires_at=time.time() + 60)  # fmt: skip
+    for job in (chat, make_job()):
+        with pytest.raises(InvalidRequest) as info:
+            await relay.submit(job)
+        assert info.value.status == 400 and info.value.param == "model"
+        assert "does not support" in info.value.message and "embeddings" in info.value.message
+    assert celery.sent == []
+
+
+async def test_cards_of_live_workers_merge_and_a_worker_without_one_is_not_refused(
+    relay: Relay, redis: FakeRedis, registry: Registry, celery: RecordingCelery
+) -> None:
+    await heartbeat(redis, "tiny", "w1")
+    await heartbeat(redis, "tiny", "w2")
+    await heartbeat(redis, "tiny", "dead", age=TTL + 5)
+    await redis.hset(cards_key("tiny"), mapping={
+        "w1": ModelCard(capabilities=("chat",), max_model_len=2048).model_dump_json(),
+        "w2": ModelCard(capabilities=GENERATES, max_model_len=1024).model_dump_json(),
+        "dead": ModelCard(capabilities=EMBEDS, max_model_len=9).model_dump_json(),
+    })  # fmt: skip
+    cards = await registry.cards(await registry.live_map())
+    assert cards["tiny"] == ModelCard(capabilities=GENERATES, max_model_len=1024)
+    await redis.delete(cards_key("tiny"))
+    assert (await registry.cards(await registry.live_map()))["tiny"] is None
+    stream = await relay.submit(make_job())  # no card yet (an older worker): the worker decides
+    await stream.aclose()
+    assert len(celery.sent) == 1
+
+
 async def test_failed_send_leaves_no_subscription(redis: FakeRedis, registry: Registry, live) -> None:
     relay = Relay(redis, RecordingCelery(redis, fail=True), registry, QUEUE_TIMEOUT, 10.0)
     job = make_job()
@@ -328,7 +369,8 @@ async def test_collect_builds_a_valid_whole_body(relay: Relay, redis: FakeRedis,
     await publish(redis, job, *HAPPY)
     await anext(stream)  # the start event, which respond() reads before rendering
     env = Envelope(id=job.request_id, model="tiny", fmt=Format.TEXT)
-    body = await collect(Choices([stream]), env, [ChoiceState(index=0)], [0])
+    async with Choices([stream]) as choices:
+        body = (await collect(choices, env, Reply(Format.TEXT, stream=False), 1)).to_dict()
     assert_valid(body, "CreateCompletionResponse")
     assert body["choices"][0]["text"] == "Hello"
     assert body["usage"]["total_tokens"] == 4
@@ -341,7 +383,9 @@ async def test_sse_stream_ends_with_usage_and_done(relay: Relay, redis: FakeRedi
     await publish(redis, job, *HAPPY)
     await anext(stream)
     env = Envelope(id=job.request_id, model="tiny", fmt=Format.CHAT)
-    payloads = [p async for p in sse_stream(Choices([stream]), env, [ChoiceState(index=0)], True, [0])]
+    async with Choices([stream]) as choices:
+        reply = Reply(Format.CHAT, stream=True, include_usage=True)
+        payloads = [p async for p in sse_stream(choices, env, reply, 1)]
     assert payloads[-1] == "[DONE]"
     chunks = [json.loads(p) for p in payloads[:-1]]
     for chunk in chunks:
@@ -362,8 +406,8 @@ async def test_choices_merge_several_streams_tagged_with_their_index(relay: Rela
     for stream in streams:
         await anext(stream)
     env = Envelope(id="cmpl-x", model="tiny", fmt=Format.TEXT)
-    states = [ChoiceState(index=0), ChoiceState(index=1)]
-    body = await collect(Choices(streams), env, states, [0, 0])
+    async with Choices(streams) as choices:
+        body = (await collect(choices, env, Reply(Format.TEXT, stream=False, n=2), 2)).to_dict()
     assert [c["text"] for c in body["choices"]] == ["Bye", "Hello"]
     assert [c["finish_reason"] for c in body["choices"]] == ["length", "stop"]
     assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}  # one prompt, n=2

@@ -1,0 +1,41 @@
+"""What one generation request asks for, once validated: the jobs to queue and how to present
+their output.  Request models build a `Generation`; `gateway.generation.respond` serves it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from protocol import GenerateJob
+
+
+class Format(Enum):
+    CHAT = "chat.completion"
+    TEXT = "text_completion"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """How to present the jobs' output: one choice per job, in order."""
+
+    fmt: Format
+    stream: bool
+    include_usage: bool = False
+    logprobs: bool = False
+    prefixes: Sequence[str] = ()  # completions with echo: each choice's prompt
+    n: int = 1  # choices per prompt (usage counts a prompt once)
+    tool_names: frozenset[str] = frozenset()  # tools offered: their calls are parsed out of the text
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A response to produce: its id (also the X-Request-Id), one job per choice, the reply."""
+
+    response_id: str
+    jobs: tuple[GenerateJob, ...]
+    reply: Reply
+
+    @property
+    def model(self) -> str:
+        return self.jobs[0].model

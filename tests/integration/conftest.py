@@ -111,3 +111,36 @@ def async_client(gateway: Gateway) -> openai.AsyncOpenAI:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked after_suite inspect what the others left behind: run them last."""
     items.sort(key=lambda item: item.get_closest_marker("after_suite") is not None)
+
+
+_STACK_TESTS_RUN = pytest.StashKey[int]()
+
+
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """Count the tests (set up without error) that used the shared stack before the after_suite ones."""
+    if "redis_server" in item.fixturenames and item.get_closest_marker("after_suite") is None:
+        item.config.stash[_STACK_TESTS_RUN] = item.config.stash.get(_STACK_TESTS_RUN, 0) + 1
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """An after_suite test run alone would inspect a stack nothing has used and pass vacuously:
+    skip it (before its fixtures start the stack) unless other tests used the stack first."""
+    if item.get_closest_marker("after_suite") is not None and not item.config.stash.get(_STACK_TESTS_RUN, 0):
+        pytest.skip("after_suite: no other test used the shared stack in this session, so nothing was left "
+                    "behind to inspect; run it together with the rest of tests/integration")
+
+
+@pytest.fixture(scope="session")
+def celery_control(redis_server: RedisServer) -> Iterator[object]:
+    """Celery remote control (a `celery.app.control.Control`) of the stack's workers: pause/resume
+    a queue's consumer, inspect.  From a plain sending app on the shared Redis, closed at the end."""
+    import celery
+
+    from protocol.settings import QueueSettings
+
+    app = celery.Celery("queuechat-tests", set_as_current=False)
+    app.conf.update(QueueSettings(redis_url=redis_server.url).celery_conf())
+    try:
+        yield app.control
+    finally:
+        app.close()

@@ -104,16 +104,14 @@ def test_known_model_without_worker_is_503_at_once(client: openai.OpenAI) -> Non
     assert err.value.body["code"] == "model_unavailable"
 
 
-def test_queued_request_fails_with_503_when_its_only_worker_dies(client, env, workdir, redis_server) -> None:
+def test_queued_request_fails_with_503_when_its_only_worker_dies(
+    client, env, workdir, redis_server, celery_control
+) -> None:
     """A worker is killed while a request waits in its queue: the client gets 503, not a hang."""
-    from workers.celery import make_celery
-    from workers.settings import WorkerSettings
-
     worker = Worker(["tiny-idle"], env, workdir)
     try:
         worker.wait_live(redis_server.client)
-        control = make_celery(WorkerSettings(redis_url=redis_server.url)).control
-        assert control.cancel_consumer("tiny-idle", destination=[worker.name], reply=True, timeout=5)
+        assert celery_control.cancel_consumer("tiny-idle", destination=[worker.name], reply=True, timeout=5)
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(
                 client.with_options(timeout=30).chat.completions.create, model="tiny-idle", messages=USER

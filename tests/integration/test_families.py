@@ -118,7 +118,8 @@ def test_bad_embedding_requests_are_400_naming_the_param(gateway, family_worker,
 def test_generating_with_an_embedding_model_is_a_clear_error(client, family_worker) -> None:
     with pytest.raises(openai.APIStatusError) as err:
         client.chat.completions.create(model="tiny-embed", messages=QUESTION)
-    assert err.value.status_code == 404 and "does not generate" in err.value.message
+    assert err.value.status_code == 400 and "does not support chat completions" in err.value.message
+    assert err.value.body["param"] == "model"
 
 
 @pytest.mark.default_model

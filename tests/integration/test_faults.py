@@ -27,34 +27,31 @@ def slow_worker(env, workdir, redis_server) -> Iterator[Worker]:
         yield worker
 
 
-def _control(redis_server):
-    from workers.celery import make_celery
-    from workers.settings import WorkerSettings
-
-    return make_celery(WorkerSettings(redis_url=redis_server.url)).control
-
-
-def _active(redis_server, worker: Worker) -> list:
-    replies = _control(redis_server).inspect(destination=[worker.name], timeout=3).active() or {}
+def _active(celery_control, worker: Worker) -> list:
+    replies = celery_control.inspect(destination=[worker.name], timeout=3).active() or {}
     return replies.get(worker.name, [])
 
 
 
 
-def test_closing_a_stream_stops_the_worker_and_frees_its_slot(client, redis_server, slow_worker) -> None:
+def test_closing_a_stream_stops_the_worker_and_frees_its_slot(
+    client, redis_server, slow_worker, celery_control
+) -> None:
     stream = client.chat.completions.create(model="echo-slow", messages=LONG, max_tokens=2000, stream=True)
     chunks = [next(stream) for _ in range(5)]
     request_id = chunks[0].id
-    assert len(_active(redis_server, slow_worker)) == 1
+    assert len(_active(celery_control, slow_worker)) == 1
     stream.close()  # 2000 steps would take 100 s
-    assert _wait(lambda: not _active(redis_server, slow_worker), 10), "the worker still generates"
+    assert _wait(lambda: not _active(celery_control, slow_worker), 10), "the worker still generates"
     assert redis_server.client.exists(f"queuechat:cancel:{request_id}")
     assert redis_server.client.pubsub_numsub(channel_for(request_id))[0][1] == 0
     assert "cancelled by its client" in slow_worker.log_tail(20_000)
 
 
-def test_a_request_abandoned_while_queued_is_never_generated(gateway, redis_server, slow_worker) -> None:
-    control = _control(redis_server)
+def test_a_request_abandoned_while_queued_is_never_generated(
+    gateway, redis_server, slow_worker, celery_control
+) -> None:
+    control = celery_control
     assert control.cancel_consumer("echo-slow", destination=[slow_worker.name], reply=True, timeout=5)
     before = set(redis_server.client.scan_iter("queuechat:cancel:*"))
     body = {"model": "echo-slow", "messages": LONG, "max_tokens": 50}
@@ -83,7 +80,7 @@ def test_killing_the_worker_mid_stream_ends_the_stream_with_an_error(client, red
     print(f"error reached the client {waited:.1f} s after SIGKILL")
 
 
-def test_a_gateway_killed_mid_stream_makes_the_worker_stop(env, workdir, redis_server, slow_worker) -> None:
+def test_a_gateway_killed_mid_stream_makes_the_worker_stop(env, workdir, slow_worker, celery_control) -> None:
     """Nobody sets a cancel key then; the worker notices that its events reach no subscriber."""
     from tests.integration.processes import Gateway
 
@@ -94,13 +91,15 @@ def test_a_gateway_killed_mid_stream_makes_the_worker_stop(env, workdir, redis_s
         for _ in range(3):
             next(stream)
         doomed.stop(signal.SIGKILL)
-        assert _wait(lambda: not _active(redis_server, slow_worker), 10), "the worker still generates"
+        assert _wait(lambda: not _active(celery_control, slow_worker), 10), "the worker still generates"
         assert "no listener left" in slow_worker.log_tail(20_000)
     finally:
         doomed.stop(signal.SIGKILL)
 
 
-def test_a_worker_takes_only_as_many_tasks_as_it_has_slots(client, redis_server, slow_worker) -> None:
+def test_a_worker_takes_only_as_many_tasks_as_it_has_slots(
+    client, redis_server, slow_worker, celery_control
+) -> None:
     """echo-slow has 4 slots: of 6 long requests, 4 run and 2 wait, visible, in its Redis list."""
     streams = [client.chat.completions.create(model="echo-slow", messages=LONG, max_tokens=2000, stream=True)
                for _ in range(4)]  # fmt: skip
@@ -112,7 +111,7 @@ def test_a_worker_takes_only_as_many_tasks_as_it_has_slots(client, redis_server,
         assert _wait(lambda: redis_server.client.llen("echo-slow") == 2, 10)
         time.sleep(1)
         assert redis_server.client.llen("echo-slow") == 2, "the worker prefetched beyond its slots"
-        assert len(_active(redis_server, slow_worker)) == 4
+        assert len(_active(celery_control, slow_worker)) == 4
         for stream in streams:
             stream.close()
         assert all(f.result(timeout=30).choices[0].message.content == "a " for f in waiting)

@@ -1,6 +1,6 @@
 """After everything else (these tests are moved to the end of the session by conftest): the suite
 has cancelled, killed, overloaded and fuzzed the stack; nothing of that may remain in Redis or in
-the workers."""
+the workers.  Run alone, with nothing left behind to inspect, they are skipped (conftest)."""
 
 from __future__ import annotations
 

@@ -14,13 +14,6 @@ from tests.integration.processes import Gateway, Worker
 CLIENTS = 200
 
 
-def _control(redis_server):
-    from workers.celery import make_celery
-    from workers.settings import WorkerSettings
-
-    return make_celery(WorkerSettings(redis_url=redis_server.url)).control
-
-
 async def _one(client: httpx.AsyncClient, url: str) -> tuple[int, bool]:
     body = {"model": "echo-slow", "messages": [{"role": "user", "content": "overload"}], "max_tokens": 4,
             "stream": True}  # fmt: skip
@@ -36,7 +29,9 @@ async def _one(client: httpx.AsyncClient, url: str) -> tuple[int, bool]:
     return 200, complete and chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
-def test_two_hundred_clients_get_a_stream_or_a_429_and_nothing_hangs(env, workdir, redis_server) -> None:
+def test_two_hundred_clients_get_a_stream_or_a_429_and_nothing_hangs(
+    env, workdir, redis_server, celery_control
+) -> None:
     worker = Worker(["echo-slow"], env, workdir)
     gateway = None
     try:
@@ -44,7 +39,7 @@ def test_two_hundred_clients_get_a_stream_or_a_429_and_nothing_hangs(env, workdi
         gateway = Gateway({**env, "QUEUECHAT_MAX_QUEUE": "32"}, workdir)
         # The worker's consumer is paused during the storm, so the backlog surely fills up
         # (however fast this machine drains it), then resumed to serve what was admitted.
-        control = _control(redis_server)
+        control = celery_control
         assert control.cancel_consumer("echo-slow", destination=[worker.name], reply=True, timeout=5)
 
         async def storm() -> list[tuple[int, bool]]:

@@ -27,12 +27,11 @@ def test_each_model_answers_from_its_own_worker(client, tiny_model_dir, tiny_mod
         assert text == refs[model].text, model
 
 
-def test_backlog_waits_in_the_redis_list_named_after_the_model(client, workers, redis_server) -> None:
+def test_backlog_waits_in_the_redis_list_named_after_the_model(
+    client, workers, redis_server, celery_control
+) -> None:
     """Pause tiny-b's consumer: its request waits, visible, in Redis list 'tiny-b' (not 'tiny-a')."""
-    from workers.celery import make_celery
-    from workers.settings import WorkerSettings
-
-    control = make_celery(WorkerSettings(redis_url=redis_server.url)).control
+    control = celery_control
     worker_b = workers["tiny-b"].name
     r = redis_server.client
     reply = control.cancel_consumer("tiny-b", destination=[worker_b], reply=True, timeout=5)
@@ -56,12 +55,9 @@ def test_backlog_waits_in_the_redis_list_named_after_the_model(client, workers, 
         control.add_consumer("tiny-b", destination=[worker_b], reply=True, timeout=5)
 
 
-def test_worker_pool_has_one_thread_per_batch_slot(workers, redis_server) -> None:
+def test_worker_pool_has_one_thread_per_batch_slot(workers, celery_control) -> None:
     """With prefetch 1 and late acks, a worker then holds only as many tasks as it can decode."""
-    from workers.celery import make_celery
-    from workers.settings import WorkerSettings
-
-    inspect = make_celery(WorkerSettings(redis_url=redis_server.url)).control.inspect(timeout=5)
+    inspect = celery_control.inspect(timeout=5)
     stats = inspect.stats() or {}
     for worker in workers.values():
         pool = stats[worker.name]["pool"]

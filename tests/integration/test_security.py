@@ -106,11 +106,10 @@ def test_requests_beyond_the_limits_are_400(guarded, path: str, body: dict, para
     assert _error(response, 400)["param"] == param
 
 
-def test_a_full_backlog_answers_429_with_retry_after_and_loses_nothing(guarded, workers, redis_server) -> None:
-    from workers.celery import make_celery
-    from workers.settings import WorkerSettings
-
-    control = make_celery(WorkerSettings(redis_url=redis_server.url)).control
+def test_a_full_backlog_answers_429_with_retry_after_and_loses_nothing(
+    guarded, workers, redis_server, celery_control
+) -> None:
+    control = celery_control
     worker_b = workers["tiny-b"].name
     client = _client(guarded, KEYS[1])
     assert control.cancel_consumer("tiny-b", destination=[worker_b], reply=True, timeout=5)

@@ -41,12 +41,9 @@ def test_a_worker_silent_mid_stream_ends_it_with_a_timeout_error(impatient) -> N
     assert "produced nothing within" in err.value.message
 
 
-def test_a_request_no_worker_starts_in_time_is_a_503_timeout(impatient, redis_server) -> None:
-    from workers.celery import make_celery
-    from workers.settings import WorkerSettings
-
+def test_a_request_no_worker_starts_in_time_is_a_503_timeout(impatient, redis_server, celery_control) -> None:
     gateway, worker = impatient
-    control = make_celery(WorkerSettings(redis_url=redis_server.url)).control
+    control = celery_control
     assert control.cancel_consumer("echo-stuck", destination=[worker.name], reply=True, timeout=5)
     try:
         started = time.monotonic()

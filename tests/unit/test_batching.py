@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -49,20 +48,13 @@ class RecordingSink:
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> HfCausalAdapter:
-    adapter = HfCausalAdapter(ModelSpec(name="tiny", path=tiny_model_dir, device="cpu"), tmp_path_factory.mktemp("c"))
-    adapter.load()
-    return adapter
+def batched(make_module_engine) -> BatchEngine:
+    return make_module_engine(slots=16)
 
 
 @pytest.fixture(scope="module")
-def batched(adapter: HfCausalAdapter) -> BatchEngine:
-    return BatchEngine(adapter, slots=16)
-
-
-@pytest.fixture(scope="module")
-def alone(adapter: HfCausalAdapter) -> BatchEngine:
-    return BatchEngine(adapter, slots=1)
+def alone(make_module_engine) -> BatchEngine:
+    return make_module_engine(slots=1)
 
 
 def _ids(adapter: HfCausalAdapter, prompt: str) -> list[int]:
@@ -181,7 +173,9 @@ def test_many_threads_submitting_at_once_all_finish(adapter, batched) -> None:
     assert all(s.finished is not None and s.finished.usage.completion_tokens <= 8 for s in sinks)
 
 
-def test_prefix_cache_gives_the_same_tokens_as_computing_every_prompt_whole(tiny_model_dir, tmp_path) -> None:
+def test_prefix_cache_gives_the_same_tokens_as_computing_every_prompt_whole(
+    tiny_model_dir, tmp_path, make_engine
+) -> None:
     """Prompts sharing prefixes of different lengths join in one prefill; the cache is cold, then warm."""
     shared = "The capital of France is Paris. The capital of Italy is Rome. Queues hold work until " * 2
     prompts = [shared + tail for tail in ("a worker", "Hello!", "0123456789 + - * / = ( )")] + [PROMPTS[3], shared]
@@ -190,7 +184,7 @@ def test_prefix_cache_gives_the_same_tokens_as_computing_every_prompt_whole(tiny
         spec = ModelSpec(name="tiny", path=tiny_model_dir, device="cpu", prefix_cache=use_cache)
         adapter = HfCausalAdapter(spec, tmp_path)
         adapter.load()
-        engine = BatchEngine(adapter, slots=16)
+        engine = make_engine(adapter, slots=16)
         runs = []
         for _ in range(2):  # the second round finds the prefixes cached (when the cache is on)
             sinks = [RecordingSink() for _ in prompts]
@@ -198,19 +192,19 @@ def test_prefix_cache_gives_the_same_tokens_as_computing_every_prompt_whole(tiny
                     for p, s in zip(prompts, sinks)]  # fmt: skip
             assert all(seq.finished.wait(60) for seq in seqs)
             runs.append([(s.text, s.finished) for s in sinks])
-        engine.close()
         outputs[use_cache] = runs
         if use_cache:
             assert adapter._prefixes is not None and adapter._prefixes.hits > 0
     assert outputs[True][0] == outputs[True][1] == outputs[False][0] == outputs[False][1]
 
 
-def test_a_model_placed_by_accelerate_device_map_generates_the_same(adapter, alone, tiny_model_dir, tmp_path) -> None:
+def test_a_model_placed_by_accelerate_device_map_generates_the_same(
+    adapter, alone, tiny_model_dir, tmp_path, make_engine
+) -> None:
     spec = ModelSpec(name="tiny", path=tiny_model_dir, device_map="cpu")
     mapped = HfCausalAdapter(spec, tmp_path)
     mapped.load()
-    engine = BatchEngine(mapped, slots=4)
+    engine = make_engine(mapped, slots=4)
     ids = _ids(adapter, PROMPTS[2])
     params = SamplingParams(temperature=0.0, max_tokens=16)
     assert _solo(engine, ids, params) == _solo(alone, ids, params)
-    engine.close()

@@ -30,13 +30,8 @@ def _load(folder: Path, cache: Path) -> HfCausalAdapter:
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> HfCausalAdapter:
-    return _load(tiny_model_dir, tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def engine(adapter: HfCausalAdapter) -> BatchEngine:
-    return BatchEngine(adapter)
+def engine(make_module_engine) -> BatchEngine:
+    return make_module_engine()
 
 
 def _job(**fields: object) -> GenerateJob:
@@ -227,7 +222,7 @@ def test_chat_prompt_uses_the_chat_template(engine: BatchEngine, adapter: HfCaus
     assert text.count("<|endoftext|>") == 0  # no BOS added on top of the template
 
 
-def test_eos_ends_generation_with_stop(adapter: HfCausalAdapter, tmp_path: Path) -> None:
+def test_eos_ends_generation_with_stop(adapter: HfCausalAdapter, tmp_path: Path, make_engine) -> None:
     """Make a token the greedy model emits mid-way an EOS token; generation must end there."""
     ids = adapter.tokenizer.encode(PROMPT)
     ref = _reference(adapter, ids, 30)
@@ -237,19 +232,20 @@ def test_eos_ends_generation_with_stop(adapter: HfCausalAdapter, tmp_path: Path)
     config = json.loads(config_path.read_text())
     config["eos_token_id"] = [adapter.tokenizer.eos_token_id, ref[cut]]
     config_path.write_text(json.dumps(config))
-    eos_engine = BatchEngine(_load(folder, tmp_path / "cache"))
+    eos_engine = make_engine(_load(folder, tmp_path / "cache"))
     text, finished = _run(eos_engine, ids, SamplingParams(temperature=0.0, max_tokens=30))
     assert finished.finish_reason == "stop"
     assert text == _decode(adapter, ref[:cut])
     assert finished.usage.completion_tokens == cut + 1  # the EOS token counts, as in transformers' output
 
 
-def test_models_file_defaults_apply_only_where_the_request_is_silent(tiny_model_dir: Path, tmp_path: Path,
-                                                                      engine: BatchEngine) -> None:  # fmt: skip
+def test_models_file_defaults_apply_only_where_the_request_is_silent(
+    tiny_model_dir: Path, tmp_path: Path, engine: BatchEngine, make_engine
+) -> None:
     spec = ModelSpec(name="tiny", path=tiny_model_dir, device="cpu", defaults={"temperature": 0.0})
     greedy_by_default = HfCausalAdapter(spec, tmp_path)
     greedy_by_default.load()
-    defaulted = BatchEngine(greedy_by_default)
+    defaulted = make_engine(greedy_by_default)
     ids = defaulted.prompt_ids(_job(prompt=PROMPT))
     expected, _ = _run(engine, ids, SamplingParams(temperature=0.0, max_tokens=12))
     unseeded = [_run(defaulted, ids, SamplingParams(max_tokens=12))[0] for _ in range(3)]
@@ -258,12 +254,13 @@ def test_models_file_defaults_apply_only_where_the_request_is_silent(tiny_model_
     assert len(sampled) > 1, "the request's own temperature wins over the default"
 
 
-def test_models_file_max_tokens_caps_requests_that_set_none(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_models_file_max_tokens_caps_requests_that_set_none(
+    tiny_model_dir: Path, tmp_path: Path, make_engine
+) -> None:
     spec = ModelSpec(name="tiny", path=tiny_model_dir, device="cpu", defaults={"max_tokens": 5})
     capped = HfCausalAdapter(spec, tmp_path)
     capped.load()
-    engine = BatchEngine(capped)
+    engine = make_engine(capped)
     ids = engine.prompt_ids(_job(prompt=PROMPT))
     assert _run(engine, ids, SamplingParams(temperature=0.0))[1].usage.completion_tokens <= 5
     assert _run(engine, ids, SamplingParams(temperature=0.0, max_tokens=9))[1].usage.completion_tokens > 5
-    engine.close()

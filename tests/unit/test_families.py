@@ -16,7 +16,6 @@ from adapters.chatglm import ChatGLMAdapter, ConversationError
 from tests.tiny_families import make_tiny_chatglm, make_tiny_encoder, make_tiny_glm4
 from tests.unit.test_batching import RecordingSink
 from workers.embed_engine import DimensionsNotSupported, EmbeddingEngine
-from workers.batch_engine import BatchEngine
 from protocol.models_file import ModelSpec
 from protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams
 from workers.serial_engine import SerialEngine
@@ -68,8 +67,8 @@ def test_messages_map_onto_query_and_pairs_history(chatglm: ChatGLMAdapter) -> N
         chatglm.conversation(_job(messages=_chat(("user", "Hi"), ("assistant", "prefill"))))
 
 
-def test_serial_engine_streams_exactly_what_stream_chat_answers(chatglm: ChatGLMAdapter) -> None:
-    engine = SerialEngine(chatglm)
+def test_serial_engine_streams_exactly_what_stream_chat_answers(chatglm: ChatGLMAdapter, make_engine) -> None:
+    engine = make_engine(chatglm, cls=SerialEngine)
     messages = _chat(("user", "Hi"), ("assistant", "Hello!"), ("user", "What is the capital of France?"))
     job = _job(messages=messages, params=SamplingParams(temperature=0.0, max_tokens=30))
     sink = _serve(engine, job)
@@ -85,11 +84,10 @@ def test_serial_engine_streams_exactly_what_stream_chat_answers(chatglm: ChatGLM
     # delta that reaches max_tokens (a delta can hold more than one token).
     assert sink.finished.usage.completion_tokens == chatglm.count_tokens(sink.text) >= 30
     assert chatglm.count_tokens("".join(sink.texts[:-1])) < 30
-    engine.close()
 
 
-def test_serial_engine_applies_max_tokens_stop_and_seed(chatglm: ChatGLMAdapter) -> None:
-    engine = SerialEngine(chatglm)
+def test_serial_engine_applies_max_tokens_stop_and_seed(chatglm: ChatGLMAdapter, make_engine) -> None:
+    engine = make_engine(chatglm, cls=SerialEngine)
     question = _chat(("user", "Tell me about queues."))
     short = _serve(engine, _job(messages=question, params=SamplingParams(temperature=0.0, max_tokens=3)))
     assert short.finished.finish_reason == "length" and 3 <= short.finished.usage.completion_tokens <= 5
@@ -100,29 +98,26 @@ def test_serial_engine_applies_max_tokens_stop_and_seed(chatglm: ChatGLMAdapter)
     sampled = [_serve(engine, _job(messages=question, params=SamplingParams(temperature=1.0, seed=5, max_tokens=12))).text
                for _ in range(2)]  # fmt: skip
     assert sampled[0] == sampled[1]
-    engine.close()
 
 
-def test_what_needs_logits_is_refused_by_name(chatglm: ChatGLMAdapter) -> None:
-    engine = SerialEngine(chatglm)
+def test_what_needs_logits_is_refused_by_name(chatglm: ChatGLMAdapter, make_engine) -> None:
+    engine = make_engine(chatglm, cls=SerialEngine)
     for params, name in ((SamplingParams(logprobs=2), "logprobs"), (SamplingParams(presence_penalty=1.0), "presence_penalty")):
         with pytest.raises(UnsupportedParameter) as info:
             engine.prompt_ids(_job(messages=_chat(("user", "x")), params=params))
         assert info.value.param == name
-    engine.close()
 
 
-def test_serial_engine_cancel_stops_the_request(chatglm: ChatGLMAdapter) -> None:
-    engine = SerialEngine(chatglm)
+def test_serial_engine_cancel_stops_the_request(chatglm: ChatGLMAdapter, make_engine) -> None:
+    engine = make_engine(chatglm, cls=SerialEngine)
     job = _job(messages=_chat(("user", "Go on")), params=SamplingParams(temperature=0.0, max_tokens=200))
     sink = RecordingSink()
     request = engine.submit_job(job, engine.prompt_ids(job), sink)
     engine.cancel(request)
     assert request.finished.wait(30) and sink.error_code == "cancelled"
-    engine.close()
 
 
-def test_native_glm4_is_batched_and_matches_generate(tmp_path: Path) -> None:
+def test_native_glm4_is_batched_and_matches_generate(tmp_path: Path, make_engine) -> None:
     folder = make_tiny_glm4(tmp_path / "glm4")
     spec = ModelSpec(name="glm4", path=folder, adapter="chatglm", device="cpu")
     adapter = adapter_for(spec)(spec, tmp_path / "cache")
@@ -131,11 +126,10 @@ def test_native_glm4_is_batched_and_matches_generate(tmp_path: Path) -> None:
     messages = _chat(("user", "What is the capital of France?"))
     ids = adapter.chat_prompt(messages)
     assert adapter.tokenizer.decode(ids).startswith("[gMASK]<sop><|user|>")
-    engine = BatchEngine(adapter, slots=4)
+    engine = make_engine(adapter, slots=4)
     sink = _serve(engine, _job(messages=messages, params=SamplingParams(temperature=0.0, max_tokens=10)))
     out = adapter.model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)
     assert sink.text == adapter.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
-    engine.close()
 
 
 def test_a_glm4_tokenizer_without_template_falls_back_to_the_glm4_template(tmp_path: Path) -> None:
@@ -147,12 +141,12 @@ def test_a_glm4_tokenizer_without_template_falls_back_to_the_glm4_template(tmp_p
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> EmbeddingEngine:
+def encoder(tmp_path_factory, make_module_engine) -> EmbeddingEngine:
     folder = make_tiny_encoder(tmp_path_factory.mktemp("encoder"))
     spec = ModelSpec(name="enc", path=folder, device="cpu")
     adapter = adapter_for(spec)(spec, folder)
     adapter.load()
-    return EmbeddingEngine(adapter, slots=2)
+    return make_module_engine(adapter, cls=EmbeddingEngine, slots=2)
 
 
 def _vectors(encoded: tuple[str, ...]) -> list[list[float]]:

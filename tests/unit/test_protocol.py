@@ -205,12 +205,16 @@ def test_keys_are_distinct_per_request() -> None:
     assert not channels & cancels
 
 
-def test_keys_are_stable_and_namespaced() -> None:
-    assert channel_for("r1") == channel_for("r1")
-    assert cancel_key_for("r1") == cancel_key_for("r1")
-    for key in (channel_for("r1"), cancel_key_for("r1"), live_workers_key("tiny"), MODELS_SEEN_KEY):
+@pytest.mark.parametrize("request_id", ["r1", "chatcmpl-4f2a9c", "cmpl-1:2"])
+def test_keys_are_namespaced_and_match_the_patterns_scanned_for_them(request_id: str) -> None:
+    """Gateway and worker (separate processes, maybe separate releases) must spell these the same,
+    and the leftover checks, bench/soak and operators find them by glob (`queuechat:events:*`,
+    `queuechat:cancel:*`): each is its namespace followed by exactly the request id."""
+    assert channel_for(request_id) == f"queuechat:events:{request_id}"
+    assert cancel_key_for(request_id) == f"queuechat:cancel:{request_id}"
+    assert channel_for(request_id) != cancel_key_for(request_id)
+    for key in (live_workers_key("tiny"), MODELS_SEEN_KEY):
         assert key.startswith("queuechat:")
-    assert "r1" in channel_for("r1") and "r1" in cancel_key_for("r1")
 
 
 def test_live_workers_key_is_distinct_per_model_and_from_request_keys() -> None:

@@ -20,6 +20,7 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> HfCausalAdapter:
+    """Overrides tests/unit/conftest.py's: without a prefix cache."""
     adapter = HfCausalAdapter(ModelSpec(name="tiny", path=tiny_model_dir, device="cpu", prefix_cache=False),
                               tmp_path_factory.mktemp("c"))  # fmt: skip
     adapter.load()
@@ -27,8 +28,8 @@ def adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> H
 
 
 @pytest.fixture(scope="module")
-def engine(adapter: HfCausalAdapter) -> BatchEngine:
-    return BatchEngine(adapter, slots=4)
+def engine(make_module_engine) -> BatchEngine:
+    return make_module_engine(slots=4)  # over this module's adapter
 
 
 def _run(engine: BatchEngine, ids: list[int], **params) -> RecordingSink:

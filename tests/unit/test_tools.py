@@ -4,7 +4,6 @@ and the request fields that carry tools and response_format into a job."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,6 @@ from adapters.hf_causal import HfCausalAdapter
 from gateway.errors import InvalidRequest
 from gateway.openai_types import CreateChatCompletionRequest
 from gateway.tool_calls import ToolStreamFilter, parse_tool_calls
-from tests.tiny_models import make_tiny_model
-from protocol.models_file import ModelSpec
 from protocol import ChatMessage, ToolCall
 
 NAMES = frozenset({"get_weather", "add"})
@@ -57,14 +54,6 @@ def test_the_stream_filter_passes_plain_text_and_releases_a_false_alarm() -> Non
     assert held.finish() == '{"not": "a call"}'  # ... and released as content at the end
 
 
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory) -> HfCausalAdapter:
-    folder = make_tiny_model(tmp_path_factory.mktemp("tiny"))
-    adapter = HfCausalAdapter(ModelSpec(name="t", path=folder, device="cpu"), Path("."))
-    adapter.load()
-    return adapter
-
-
 def test_a_template_without_tools_gets_them_as_a_system_message(adapter: HfCausalAdapter) -> None:
     messages = (ChatMessage(role="user", content="Weather in Paris?"),)
     text = adapter.tokenizer.decode(adapter.chat_prompt(messages, (WEATHER,), "required"))
@@ -83,6 +72,7 @@ def test_earlier_calls_and_tool_results_are_rendered_as_text_without_native_tool
 
 
 def test_a_template_that_knows_tools_receives_them(adapter: HfCausalAdapter) -> None:
+    own_template = adapter.tokenizer.chat_template
     adapter.tokenizer.chat_template = (
         "{% if tools %}TOOLS:{% for t in tools %}{{ t['function']['name'] }};{% endfor %}\n{% endif %}"
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
@@ -91,7 +81,7 @@ def test_a_template_that_knows_tools_receives_them(adapter: HfCausalAdapter) -> 
         text = adapter.tokenizer.decode(adapter.chat_prompt((ChatMessage(role="user", content="Hi"),), (WEATHER,)))
         assert adapter.native_tools and text.startswith("TOOLS:get_weather;") and "user: Hi" in text
     finally:
-        adapter.tokenizer.chat_template = None
+        adapter.tokenizer.chat_template = own_template
 
 
 def _chat(**fields) -> CreateChatCompletionRequest:

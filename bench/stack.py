@@ -1,25 +1,11 @@
-"""Start the full stack for a benchmark: redis-server, one worker, the gateway; each on a free port."""
+"""The stack a benchmark runs against: redis-server, one worker and the gateway, each on a free
+port, their logs in `logdir` (started by `queuechat.launcher`)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
-
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from queuechat.launcher import GatewayProcess, RedisServer, Stack as _Stack, WorkerProcess, stack_env
 
 
 def rss_mb(pid: int) -> float:
@@ -29,50 +15,32 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-class Stack:
+class Stack(_Stack):
     def __init__(self, model: str, models_file: Path, logdir: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__()
         self.model = model
-        redis_port, gateway_port = _free_port(), _free_port()
-        self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        env = dict(os.environ, QUEUECHAT_MODELS_FILE=str(models_file), PYTHONUNBUFFERED="1",
-                   QUEUECHAT_REDIS_URL=self.redis_url, **(env or {}))  # fmt: skip
         logdir.mkdir(parents=True, exist_ok=True)
-        self.url = f"http://127.0.0.1:{gateway_port}/v1"
-        self.procs: dict[str, subprocess.Popen] = {}
-        redis = [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no"]  # fmt: skip
-        worker = [str(BIN / "celery"), "-A", "workers", "worker", "-Q", model, "-n", f"bench-{model}@%h",
-                  "--loglevel", "WARNING", "--without-mingle", "--without-gossip"]  # fmt: skip
-        gateway = [sys.executable, "-m", "gateway", "--port", str(gateway_port), "--log-level", "warning"]
-        for name, argv in (("redis", redis), ("worker", worker), ("gateway", gateway)):
-            log = open(logdir / f"{name}.log", "wb")
-            self.procs[name] = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-            if name == "redis":
-                time.sleep(0.5)
+        try:
+            redis = self.add(RedisServer(log_path=logdir / "redis.log"))
+            env = stack_env(redis.url, models_file, **(env or {}))
+            worker = WorkerProcess([model], env, name=f"bench-{model}@%h", loglevel="WARNING",
+                                   extra_args=["--without-mingle", "--without-gossip"], log_path=logdir / "worker.log")  # fmt: skip
+            self.add(worker, wait=False)
+            gateway = self.add(GatewayProcess(env, log_level="warning", log_path=logdir / "gateway.log"), wait=False)
+        except BaseException:
+            self.stop()
+            raise
+        self.redis_url, self.url = redis.url, gateway.url
+        self.procs = {"redis": redis, "worker": worker, "gateway": gateway}
 
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}; see its log")
-            try:
-                ids = [m["id"] for m in httpx.get(f"{self.url}/models").json()["data"]]
-                if self.model in ids:
-                    return
-            except (httpx.HTTPError, ValueError, KeyError):
-                pass
-            time.sleep(0.5)
-        raise TimeoutError("the stack did not come up")
+    def wait_ready(self, timeout: float | None = 300) -> None:
+        """Until the worker heartbeats for the model and the gateway answers (so it lists the model);
+        a stack that does not come up is stopped."""
+        try:
+            super().wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def rss(self) -> dict[str, float]:
         return {name: rss_mb(self.procs[name].pid) for name in ("gateway", "worker")}
-
-    def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()

@@ -26,13 +26,10 @@ def _serve(args: argparse.Namespace, _: list[str]) -> None:
 
 
 def _worker(args: argparse.Namespace, extra: list[str]) -> None:
+    from queuechat.launcher import worker_args
     from workers.celery import app
 
-    queues = [q for q in args.model.split(",") if q]
-    argv = ["worker", "-Q", ",".join(queues), "-n", args.name or f"{queues[0]}@%h", "--loglevel", args.loglevel]
-    if args.concurrency:
-        argv += ["--concurrency", str(args.concurrency)]
-    app.worker_main([*argv, *extra])
+    app.worker_main(worker_args(args.model.split(","), args.name, args.loglevel, args.concurrency, extra))
 
 
 def _models(args: argparse.Namespace, _: list[str]) -> None:

@@ -1,44 +1,25 @@
 """Real processes for integration tests: redis-server, Celery workers and the uvicorn gateway,
-each on a free port, with their output kept in a log file that failing tests print."""
+each on a free port, with their output kept in a log file that failing tests print.
+
+The processes themselves come from `queuechat.launcher`; here are the tests' names and defaults
+(logs in the test's work folder, worker names ending in @testhost, waits at construction).
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import redis
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from queuechat import launcher
+from queuechat.launcher import BIN, REPO, FlowerProcess, Process, free_port, stack_env, wait_for
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float, proc: "Process | None" = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.popen.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.popen.returncode}\n{proc.log_tail()}")
-        try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}\n{proc.log_tail() if proc else ''}")
+__all__ = ["BIN", "REPO", "Flower", "Gateway", "Process", "RedisServer", "Worker", "eventually", "free_port",
+           "live_worker", "stack_env", "wait_for"]  # fmt: skip
 
 
 def eventually(condition: Callable[[], bool], timeout: float, every: float = 0.1) -> bool:
@@ -51,64 +32,21 @@ def eventually(condition: Callable[[], bool], timeout: float, every: float = 0.1
     return condition()
 
 
-class Process:
-    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.argv = argv
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
-        )
+class RedisServer(launcher.RedisServer):
+    """Answers PING once constructed; its files and log in `workdir`."""
 
-    def log_tail(self, chars: int = 6000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
-
-
-class RedisServer(Process):
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        server = shutil.which("redis-server") or "redis-server"
-        argv = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(workdir)]  # fmt: skip
-        super().__init__(argv, workdir / f"redis-{self.port}.log")
-        self.client = redis.Redis.from_url(self.url)
-        wait_for(self.client.ping, "redis-server", 10, self)
+        port = port or free_port()
+        super().__init__(port, workdir=workdir, log_path=workdir / f"redis-{port}.log")
+        self.ready(10)
 
 
-def stack_env(redis_url: str, models_file: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    env.update(QUEUECHAT_REDIS_URL=redis_url, QUEUECHAT_MODELS_FILE=str(models_file), PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
+class Worker(launcher.WorkerProcess):
+    """Started, not yet live: call `wait_live(redis_client)`."""
 
-
-class Worker(Process):
     def __init__(self, queues: list[str], env: dict[str, str], workdir: Path, name: str | None = None) -> None:
-        self.queues = queues
-        self.name = name or f"{queues[0]}-{free_port()}@testhost"
-        argv = [str(BIN / "celery"), "-A", "workers", "worker", "-Q", ",".join(queues), "-n", self.name,
-                "--loglevel", "INFO"]  # fmt: skip
-        super().__init__(argv, workdir / f"worker-{self.name}.log", env)
-
-    def wait_live(self, redis_client: redis.Redis, timeout: float = 120) -> None:
-        from protocol import live_workers_key
-
-        def live() -> bool:
-            return all(redis_client.zscore(live_workers_key(q), self.name) is not None for q in self.queues)
-
-        wait_for(live, f"worker {self.name} to announce {self.queues}", timeout, self)
+        name = name or f"{queues[0]}-{free_port()}@testhost"
+        super().__init__(queues, env, name=name, log_path=workdir / f"worker-{name}.log")
 
 
 @contextmanager
@@ -123,10 +61,18 @@ def live_worker(queues: list[str], env: dict[str, str], workdir: Path, redis_cli
         worker.stop(stop_signal)
 
 
-class Gateway(Process):
+class Gateway(launcher.GatewayProcess):
+    """Answers GET /health once constructed."""
+
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "gateway", "--port", str(self.port), "--log-level", "info"]
-        super().__init__(argv, workdir / f"gateway-{self.port}.log", env)
-        wait_for(lambda: httpx.get(f"{self.base_url}/health").status_code == 200, "gateway", 30, self)
+        port = free_port()
+        super().__init__(env, port=port, log_level="info", log_path=workdir / f"gateway-{port}.log")
+        self.ready(30)
+
+
+class Flower(FlowerProcess):
+    """Flower (`queuechat flower`, or `program`) with its log in `workdir`; not waited for."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, program: list[str] | None = None) -> None:
+        port = free_port()
+        super().__init__(port, env, log_path=workdir / f"flower-{port}.log", program=program)

@@ -1,13 +1,19 @@
-"""Validate JSON bodies against the schemas of OpenAI's OpenAPI document (../shared/openai/openapi.json).
+"""Validate JSON bodies against the schemas of OpenAI's OpenAPI document.
 
     from tests.spec import assert_valid
     assert_valid(body, "CreateChatCompletionResponse")
+
+The schemas come from tests/openai/openapi.subset.json, a subset of OpenAI's document kept in the
+repository so the tests need nothing outside it. scripts/vendor_openai_spec.py writes it: the
+schemas named in its ROOT_SCHEMAS plus every schema their `$ref`s reach, with the source's version
+and sha256 under `x-queuechat-vendored`. A test that needs another schema gets a KeyError saying so:
+add the name to ROOT_SCHEMAS and rerun the script.
 
 The document says OpenAPI 3.1 (JSON Schema 2020-12) but still carries 3.0-style
 `"nullable": true` in places; `_without_nullable` rewrites those into 2020-12 before validating:
 `{"type": X, "nullable": true}` becomes `{"type": [X, "null"]}` (and an `enum` gains `null`); a
 nullable schema without `type` (a bare `$ref`, a `oneOf`...) becomes `{"anyOf": [schema, {"type": "null"}]}`.
-`$ref`s ("#/components/schemas/...") resolve against the whole document.
+`$ref`s ("#/components/schemas/...") resolve against the whole vendored document, laid out as the original.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-OPENAI_SPEC = Path(__file__).resolve().parent.parent.parent / "shared" / "openai" / "openapi.json"
+OPENAI_SPEC = Path(__file__).resolve().parent / "openai" / "openapi.subset.json"
+VENDOR_SCRIPT = "scripts/vendor_openai_spec.py"
 _DOC_URI = "urn:queuechat:openai-openapi"
 _COMPOSITION = ("$ref", "allOf", "anyOf", "oneOf", "not")
 # Keywords whose value is a mapping from names to schemas: its keys are not keywords.
@@ -57,14 +64,14 @@ def _without_nullable(node: Any, names: bool = False) -> Any:
 
 @lru_cache(maxsize=1)
 def _registry() -> Registry:
-    document = _without_nullable(json.loads(OPENAI_SPEC.read_text()))
+    document = _without_nullable(json.loads(OPENAI_SPEC.read_text(encoding="utf-8")))
     return Registry().with_resource(
         _DOC_URI, Resource.from_contents(document, default_specification=DRAFT202012)
     )
 
 
 def schema_names() -> list[str]:
-    """Every name under components/schemas."""
+    """Every name under components/schemas in the vendored subset."""
     return sorted(_registry().contents(_DOC_URI)["components"]["schemas"])
 
 
@@ -72,7 +79,10 @@ def schema_names() -> list[str]:
 def validator_for(schema_name: str) -> Draft202012Validator:
     """A validator for `#/components/schemas/<schema_name>`, with the whole document for its $refs."""
     if schema_name not in _registry().contents(_DOC_URI)["components"]["schemas"]:
-        raise KeyError(f"{schema_name!r} is not a schema in {OPENAI_SPEC}")
+        raise KeyError(
+            f"{schema_name!r} is not in the vendored subset {OPENAI_SPEC.name}: add it to ROOT_SCHEMAS in "
+            f"{VENDOR_SCRIPT} and rerun `python {VENDOR_SCRIPT}` (it needs OpenAI's full openapi.json)"
+        )
     return Draft202012Validator(
         {"$ref": f"{_DOC_URI}#/components/schemas/{schema_name}"}, registry=_registry()
     )

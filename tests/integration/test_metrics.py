@@ -69,13 +69,12 @@ def test_worker_engine_counters_arrive_with_heartbeats(gateway, workers, client:
     assert value(samples, "queuechat_worker_waiting_requests", model="tiny-b", worker=worker) == 0
 
 
-def test_queue_depth_and_active_requests_show_a_backlog(gateway, env, workdir, redis_server, client) -> None:
-    from tests.integration.test_faults import _control
-
+def test_queue_depth_and_active_requests_show_a_backlog(gateway, env, workdir, redis_server, client,
+                                                        celery_control) -> None:  # fmt: skip
     worker = Worker(["echo-slow"], env, workdir)
+    control = celery_control
     try:
         worker.wait_live(redis_server.client)
-        control = _control(redis_server)
         assert control.cancel_consumer("echo-slow", destination=[worker.name], reply=True, timeout=5)
         with ThreadPoolExecutor(3) as pool:
             waiting = [pool.submit(client.chat.completions.create, model="echo-slow", messages=MESSAGES, max_tokens=2)

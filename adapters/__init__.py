@@ -11,14 +11,14 @@ from typing import Any
 from adapters.base import (
     AdapterError,
     AdapterKind,
-    EmbedAdapter,
-    TextAdapter,
     ContextLengthExceeded,
     DecodeBatch,
+    EmbedAdapter,
     EmptyPrompt,
     KVCacheExceeded,
     ModelAdapter,
     ModelLoadError,
+    TextAdapter,
     UnsupportedParameter,
 )
 

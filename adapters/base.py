@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 from protocol import ChatMessage, GenerateJob, ModelSpec, SamplingParams

@@ -14,13 +14,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from adapters.base import ModelAdapter, ModelLoadError
-from adapters.templates import Template, default_template, get_template
-from adapters.tools import as_text_turns, choice_hint, template_dicts, tool_instructions
 from adapters.detokenize import IncrementalDetokenizer
 from adapters.gguf_cache import convert_gguf
 from adapters.hf_batch import HfDecodeBatch
 from adapters.memory import KV_CACHE_SHARE, MB, PREFIX_CACHE_SHARE, budget_bytes
 from adapters.prefix_cache import PrefixCache
+from adapters.templates import Template, default_template, get_template
+from adapters.tools import as_text_turns, choice_hint, template_dicts, tool_instructions
 from protocol import ChatMessage, with_system_text
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from queuechat.launcher import GatewayProcess, RedisServer, Stack as _Stack, WorkerProcess, stack_env
+from queuechat.launcher import GatewayProcess, RedisServer, WorkerProcess, stack_env
+from queuechat.launcher import Stack as _Stack
 
 
 def rss_mb(pid: int) -> float:

@@ -19,7 +19,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from protocol import DoneEvent, EmbeddingsEvent, ErrorEvent, Event, StartEvent, TokenEvent, slots_key, stats_key
+from protocol import (
+    DoneEvent,
+    EmbeddingsEvent,
+    ErrorEvent,
+    Event,
+    StartEvent,
+    TokenEvent,
+    slots_key,
+    stats_key,
+)
 
 request_log = logging.getLogger("queuechat.requests")
 

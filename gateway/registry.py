@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from gateway.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from protocol import MODELS_SEEN_KEY, Capability, ModelCard, ModelsFile, cards_key, live_workers_key

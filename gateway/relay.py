@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
@@ -33,9 +33,9 @@ from gateway.errors import (
 from gateway.metrics import Metrics, RequestTrace
 from gateway.registry import Registry
 from protocol import (
+    FINAL_EVENTS,
     TASK_EMBED,
     TASK_GENERATE,
-    FINAL_EVENTS,
     EmbedJob,
     Event,
     GenerateJob,

@@ -13,7 +13,6 @@ import hmac
 import time
 
 import anyio
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 

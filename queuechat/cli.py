@@ -36,8 +36,8 @@ def _models(args: argparse.Namespace, _: list[str]) -> None:
     import redis
 
     from adapters.select import choose_adapter
-    from protocol.models_file import load_models_file
     from protocol import live_workers_key, slots_key
+    from protocol.models_file import load_models_file
 
     settings = WorkerSettings()
     models = load_models_file(settings.models_file)

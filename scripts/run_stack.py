@@ -21,7 +21,14 @@ sys.path.insert(0, str(REPO))
 from gateway.settings import GatewaySettings  # noqa: E402
 from protocol.models_file import load_models_file  # noqa: E402
 from queuechat.launcher import (  # noqa: E402
-    FlowerProcess, GatewayProcess, Process, RedisServer, Stack, WorkerProcess, redis_answers, stack_env,
+    FlowerProcess,
+    GatewayProcess,
+    Process,
+    RedisServer,
+    Stack,
+    WorkerProcess,
+    redis_answers,
+    stack_env,
 )  # fmt: skip
 
 

@@ -26,8 +26,8 @@ from adapters import ContextLengthExceeded, EmptyPrompt, KVCacheExceeded, ModelA
 from adapters.base import Detokenizer
 from adapters.sampling import apply_penalties, logprobs_of, make_generator, next_token
 from adapters.stops import StopMatcher
-from protocol import GENERATES, ErrorCode, GenerateJob, ModelCard, ModelSpec, SamplingParams, TokenLogprob, TopLogprob, Usage
-from workers.contract import FinishReason, Sink
+from protocol import GENERATES, ErrorCode, GenerateJob, SamplingParams, TokenLogprob, TopLogprob, Usage
+from workers.contract import EngineBase, FinishReason, Sink
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Sequence:
     last_sent: float = field(default_factory=time.monotonic)  # when its sink last heard from the engine
 
 
-class BatchEngine:
+class BatchEngine(EngineBase):
     """The engine of batch adapters (logits out): continuous batching over a `DecodeBatch`."""
 
     capabilities = GENERATES
@@ -74,13 +74,6 @@ class BatchEngine:
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name=f"engine-{adapter.spec.name}", daemon=True)
         self._thread.start()
-
-    @staticmethod
-    def pool_slots(spec: ModelSpec) -> int:
-        return spec.slots
-
-    def card(self) -> ModelCard:
-        return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length)
 
     @property
     def free_slots(self) -> int:

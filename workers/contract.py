@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from protocol import Capability, EmbedJob, ErrorCode, GenerateJob, ModelCard, TokenLogprob, Usage
+from protocol import Capability, EmbedJob, ErrorCode, GenerateJob, ModelCard, ModelSpec, TokenLogprob, Usage
 
 FinishReason = Literal["stop", "length"]
 
@@ -62,6 +62,22 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Stop the engine's threads; requests still inside get an error."""
+
+
+class EngineBase:
+    """What the engines share: a card from their capabilities and their adapter's context, and
+    one pool thread per slot."""
+
+    capabilities: tuple[Capability, ...]
+    adapter: Any  # an adapter of the engine's kind, with a context_length
+
+    @staticmethod
+    def pool_slots(spec: ModelSpec) -> int:
+        """Task threads the worker needs for this model, known before it is loaded."""
+        return spec.slots
+
+    def card(self) -> ModelCard:
+        return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length)
 
 
 class Submitted(Protocol):

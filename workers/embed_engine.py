@@ -8,7 +8,8 @@ import threading
 from collections.abc import Callable
 
 from adapters import AdapterError, EmbedAdapter
-from protocol import EMBEDS, EmbedJob, ModelCard, ModelSpec
+from protocol import EMBEDS, EmbedJob
+from workers.contract import EngineBase
 
 CHUNK = 64  # rows per forward pass
 
@@ -17,7 +18,7 @@ class DimensionsNotSupported(AdapterError):
     param = "dimensions"
 
 
-class EmbeddingEngine:
+class EmbeddingEngine(EngineBase):
     """The engine of embed adapters: requests take turns on the model."""
 
     capabilities = EMBEDS
@@ -29,13 +30,6 @@ class EmbeddingEngine:
         self._lock = threading.Lock()
         self._active = 0
         self.tokens_read = 0
-
-    @staticmethod
-    def pool_slots(spec: ModelSpec) -> int:
-        return spec.slots
-
-    def card(self) -> ModelCard:
-        return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length)
 
     @property
     def free_slots(self) -> int:

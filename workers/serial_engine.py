@@ -10,10 +10,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
 from adapters import ContextLengthExceeded, EmptyPrompt, TextAdapter
 from adapters.stops import StopMatcher
-from protocol import GENERATES, GenerateJob, ModelCard, ModelSpec, SamplingParams, Usage
-from workers.contract import FinishReason, Sink
+from protocol import GENERATES, GenerateJob, ModelSpec, SamplingParams, Usage
+from workers.contract import EngineBase, FinishReason, Sink
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class TextRequest:
     finished: threading.Event = field(default_factory=threading.Event)
 
 
-class SerialEngine:
+class SerialEngine(EngineBase):
     """The engine of text adapters: one request at a time, in order."""
 
     capabilities = GENERATES
@@ -53,9 +54,6 @@ class SerialEngine:
     @staticmethod
     def pool_slots(spec: ModelSpec) -> int:
         return 1
-
-    def card(self) -> ModelCard:
-        return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length)
 
     @property
     def free_slots(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import struct
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 

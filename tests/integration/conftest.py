@@ -12,8 +12,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.integration.processes import Gateway, RedisServer, Worker, stack_env
 from tests.conftest import DEFAULT_MODEL_FILE, EMBEDDING_MODEL_DIR
+from tests.integration.processes import Gateway, RedisServer, Worker, stack_env
 from tests.tiny_models import write_models_file
 
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.processes import REPO, Worker, live_worker
 from protocol import slots_key
+from tests.integration.processes import REPO, Worker, live_worker
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "test-output"

@@ -10,10 +10,10 @@ import httpx
 import openai
 import pytest
 
+from protocol import ErrorEvent, channel_for, decode_event
 from tests.integration.processes import Worker
 from tests.integration.sse import post_stream
 from tests.spec import assert_valid
-from protocol import ErrorEvent, channel_for, decode_event
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -133,8 +133,8 @@ def test_worker_answers_a_job_for_a_model_it_does_not_hold_with_an_error_event(r
     """The worker's task body, against real Redis: an error event, not a crash."""
     import redis as redis_lib
 
-    from workers.heartbeat import WorkerState
     from protocol import GenerateJob
+    from workers.heartbeat import WorkerState
     from workers.publisher import Outbox
     from workers.settings import WorkerSettings
     from workers.tasks import run_job

@@ -6,17 +6,17 @@ be interrupted."""
 from __future__ import annotations
 
 import signal
-from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
 
+from protocol import channel_for
 from tests.integration.processes import Worker, live_worker
 from tests.integration.processes import eventually as _wait
-from protocol import channel_for
 
 LONG = [{"role": "user", "content": "a long echo, please"}]
 

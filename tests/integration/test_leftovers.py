@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.processes import eventually as _wait
 from protocol import KEY_PREFIX, PERMANENT_KEY_PREFIXES, slots_key
+from tests.integration.processes import eventually as _wait
 
 pytestmark = pytest.mark.after_suite
 

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from adapters.hf_causal import HfCausalAdapter
+from protocol import SamplingParams, Usage
+from protocol.models_file import ModelSpec
 from workers.batch_engine import BatchEngine
 from workers.contract import Finished
-from protocol.models_file import ModelSpec
-from protocol import SamplingParams, Usage
 
 PROMPTS = [
     "The capital of France is",

@@ -12,11 +12,11 @@ import torch
 
 from adapters import AdapterError, ContextLengthExceeded
 from adapters.hf_causal import HfCausalAdapter
+from protocol import ChatMessage, GenerateJob, SamplingParams
+from protocol.models_file import ModelSpec
 from tests.engines import generate
 from workers.batch_engine import BatchEngine
 from workers.contract import Cancelled, Finished
-from protocol.models_file import ModelSpec
-from protocol import ChatMessage, GenerateJob, SamplingParams
 
 CONTEXT = 256  # tests/tiny_models.py
 PROMPT = "The capital of France is"

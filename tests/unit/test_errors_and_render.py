@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -18,10 +20,10 @@ from gateway.errors import (
     install_error_handlers,
 )
 from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest
-from gateway.render import ChoiceState, Envelope
+from gateway.render import ChoiceState, Envelope, TextChunks
 from gateway.reply import Format
-from tests.spec import assert_valid, errors_for
 from protocol import ErrorEvent, TokenLogprob, TopLogprob, Usage
+from tests.spec import assert_valid, errors_for
 
 USER = [{"role": "user", "content": "Hi"}]
 SECRET = "s3cret-detail-that-must-not-leak"
@@ -294,3 +296,14 @@ def test_spec_validation_rejects_a_broken_body() -> None:
     assert errors_for(
         {"error": {"message": "x", "type": "t"}}, "ErrorResponse"
     )  # param and code are required
+
+
+@pytest.mark.parametrize("env", [CHAT, TEXT, Envelope(id="cmpl-2", model="queuechat-text-marker", fmt=Format.CHAT)])
+@given(text=st.text(min_size=1), index=st.integers(0, 3))
+@settings(max_examples=200, deadline=None)
+def test_fast_text_chunks_are_the_typed_chunks_byte_for_byte(env: Envelope, text: str, index: int) -> None:
+    """TextChunks splices text into a chunk rendered once; it must write exactly what the typed
+    chunk writes (escapes, non-ASCII, control characters, a model named like its marker)."""
+    choice = ChoiceState(index=index)
+    typed = env.wrap([env.delta(choice, text)], chunk=True).to_json()
+    assert TextChunks(env).render(choice, text) == typed

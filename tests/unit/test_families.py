@@ -13,11 +13,11 @@ import torch
 
 from adapters import ModelLoadError, UnsupportedParameter, adapter_for
 from adapters.chatglm import ChatGLMAdapter, ConversationError
+from protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams
+from protocol.models_file import ModelSpec
 from tests.tiny_families import make_tiny_chatglm, make_tiny_encoder, make_tiny_glm4
 from tests.unit.test_batching import RecordingSink
 from workers.embed_engine import DimensionsNotSupported, EmbeddingEngine
-from protocol.models_file import ModelSpec
-from protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams
 from workers.serial_engine import SerialEngine
 
 

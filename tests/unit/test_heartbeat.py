@@ -7,7 +7,16 @@ from types import SimpleNamespace
 
 import fakeredis
 
-from protocol import EMBEDS, GENERATES, MODELS_SEEN_KEY, ModelCard, cards_key, live_workers_key, slots_key, stats_key
+from protocol import (
+    EMBEDS,
+    GENERATES,
+    MODELS_SEEN_KEY,
+    ModelCard,
+    cards_key,
+    live_workers_key,
+    slots_key,
+    stats_key,
+)
 from workers.heartbeat import WorkerState
 from workers.settings import WorkerSettings
 

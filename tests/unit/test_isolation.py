@@ -15,10 +15,10 @@ from adapters import KVCacheExceeded
 from adapters.echo import EchoAdapter
 from adapters.hf_causal import HfCausalAdapter
 from adapters.sampling import make_generator, next_token
+from protocol import GenerateJob, SamplingParams, channel_for, decode_event
+from protocol.models_file import ModelSpec
 from tests.unit.test_batching import RecordingSink
 from workers.batch_engine import BatchEngine
-from protocol.models_file import ModelSpec
-from protocol import GenerateJob, SamplingParams, channel_for, decode_event
 from workers.publisher import EventPublisher, Outbox
 
 KV_BUDGET = 200  # token positions; the tiny model's context is 256

@@ -18,34 +18,34 @@ import redis.exceptions as redis_exceptions
 from fakeredis.aioredis import FakeRedis
 
 from gateway.errors import InternalError, InvalidRequest, ModelNotFound, RateLimited, ServiceUnavailable
+from gateway.fanout import Choices
 from gateway.registry import Registry
 from gateway.relay import EventStream, Relay
-from gateway.fanout import Choices
 from gateway.render import Envelope, collect, sse_stream
 from gateway.reply import Format, Reply
-from tests.spec import assert_valid
-from tests.tiny_models import write_models_file
-from protocol.models_file import load_models_file
 from protocol import (
     EMBEDS,
     GENERATES,
     MODELS_SEEN_KEY,
-    ChatMessage,
-    ModelCard,
-    cards_key,
     TASK_GENERATE,
+    ChatMessage,
     DoneEvent,
     ErrorEvent,
     GenerateJob,
     KeepAliveEvent,
+    ModelCard,
     StartEvent,
     TokenEvent,
     Usage,
     cancel_key_for,
+    cards_key,
     channel_for,
     encode_event,
     live_workers_key,
 )
+from protocol.models_file import load_models_file
+from tests.spec import assert_valid
+from tests.tiny_models import write_models_file
 
 QUEUE_TIMEOUT = 30.0
 TTL = 6.0

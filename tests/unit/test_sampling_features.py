@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from adapters.hf_causal import HfCausalAdapter
+from protocol import SamplingParams
+from protocol.models_file import ModelSpec
 from tests.unit.test_batching import RecordingSink
 from workers.batch_engine import BatchEngine
-from protocol.models_file import ModelSpec
-from protocol import SamplingParams
 
 PROMPT = "The capital of France is"
 

@@ -8,8 +8,8 @@ import pytest
 
 from adapters.select import choose_adapter
 from adapters.templates import TEMPLATES, default_template, get_template
-from protocol.models_file import ModelSpec
 from protocol import ChatMessage
+from protocol.models_file import ModelSpec
 
 CHAT = (
     ChatMessage(role="system", content="Be brief."),

@@ -15,9 +15,9 @@ import openai
 import pytest
 import redis
 
+from protocol import slots_key
 from tests.integration.processes import Gateway, RedisServer, Worker, eventually, live_worker, stack_env
 from tests.tiny_models import write_models_file
-from protocol import slots_key
 
 # tests/tiny_models.py: 2 layers x (keys, values) x 2 KV heads x head size 8 x 4 bytes (float32)
 TINY_KV_BYTES_PER_TOKEN = 256
@@ -32,8 +32,8 @@ def hostile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="package")
 def hostile_models(hostile_dir: Path, tiny_model_dir: Path) -> Path:
-    from tests.integration.conftest import _repo_entry
     from tests.conftest import DEFAULT_MODEL_FILE
+    from tests.integration.conftest import _repo_entry
 
     return write_models_file(hostile_dir / "models.yaml", {
         # the default model, with a small prefix cache so that its bound is reached

@@ -15,9 +15,9 @@ import openai
 import psutil
 import pytest
 
+from protocol import stats_key
 from tests.integration.adversarial.conftest import KV_BUDGET, assert_serving, sdk
 from tests.integration.processes import Gateway, Worker, live_worker
-from protocol import stats_key
 
 pytestmark = pytest.mark.default_model
 

@@ -14,10 +14,10 @@ import openai
 import psutil
 import pytest
 
+from protocol import KEY_PREFIX
 from tests.integration.adversarial.conftest import assert_serving, sdk
 from tests.integration.adversarial.redis_proxy import FaultyRedisProxy
-from tests.integration.processes import Gateway, RedisServer, Worker, eventually, live_worker, stack_env
-from protocol import KEY_PREFIX
+from tests.integration.processes import Gateway, RedisServer, eventually, live_worker, stack_env
 
 LONG = [{"role": "user", "content": "a long echo, please"}]
 

@@ -58,8 +58,10 @@ class Metrics:
         self._cluster = _ClusterCollector()
         r.register(self._cluster)
 
-    async def refresh(self, redis: Redis, live: dict[str, list[str]]) -> None:
-        """Read the per-model state of every model in `live` (model -> live workers) for the next scrape."""
+    async def refresh(self, redis: Redis, live: dict[str, list[str]], failed: dict[str, dict[str, str]] | None = None) -> None:
+        """Read the per-model state of every model in `live` (model -> live workers) for the next
+        scrape; `failed`: model -> {worker: reason} for models that failed to load."""
+        self._cluster.failed = failed or {}
         pipe = redis.pipeline(transaction=False)
         names = list(live)
         for model in names:
@@ -93,6 +95,7 @@ class _ClusterCollector:
 
     def __init__(self) -> None:
         self.snapshot: dict[str, tuple[int, set[str], dict[str, str], dict[str, dict]]] = {}
+        self.failed: dict[str, dict[str, str]] = {}
 
     def collect(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily("queuechat_queue_depth", "Tasks waiting in the model's Redis list", labels=["model"])
@@ -120,7 +123,12 @@ class _ClusterCollector:
                 for key, gauge in gauges.items():
                     if key in s:
                         gauge.add_metric([model, worker], s[key])
-        yield from (depth, live, free, total, running, occupancy, tokens, *gauges.values())
+        failed = GaugeMetricFamily("queuechat_model_load_failed", "1 for each model a live worker failed to load "
+                                   "(the reason is in /v1/models and the worker's log)", labels=["model", "worker"])  # fmt: skip
+        for model, workers in self.failed.items():
+            for worker in workers:
+                failed.add_metric([model, worker], 1)
+        yield from (depth, live, free, total, running, occupancy, tokens, *gauges.values(), failed)
 
 
 # Heartbeat counters shown as they are (when the worker's engine reports them).

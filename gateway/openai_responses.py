@@ -168,6 +168,8 @@ class Model(OpenAIBody):
     owned_by: str
     capabilities: list[str] | None = None
     max_model_len: int | None = None
+    status: Literal["ready", "failed"] | None = None
+    status_reason: str | None = None
 
 
 class ListModelsResponse(OpenAIBody):

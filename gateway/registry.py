@@ -6,7 +6,16 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from gateway.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
-from protocol import MODELS_SEEN_KEY, Capability, ModelCard, ModelsFile, cards_key, live_workers_key
+from protocol import (
+    MODELS_SEEN_KEY,
+    Capability,
+    ModelCard,
+    ModelFailure,
+    ModelsFile,
+    cards_key,
+    failures_key,
+    live_workers_key,
+)
 
 _NAMES = {"chat": "chat completions", "completions": "completions", "embeddings": "embeddings"}
 
@@ -74,11 +83,40 @@ class Registry:
             return
         if model not in await self.known_models():
             raise ModelNotFound(model)
-        raise ServiceUnavailable(
-            f"No worker is serving model '{model}' right now; start one with "
-            f"`celery -A workers worker -Q {model}`.",
-            code="model_unavailable",
-        )
+        raise await self.unavailable(model)
+
+    async def failures(self, model: str) -> dict[str, str]:
+        """Worker -> why it could not load `model`, from workers heartbeating right now."""
+        return (await self.failed_map([model])).get(model, {})
+
+    async def failed_map(self, models: list[str] | None = None) -> dict[str, dict[str, str]]:
+        """Model -> {worker: why it could not load the model}, for models (default: every known one)
+        that a worker heartbeating right now failed to load."""
+        models = await self.known_models() if models is None else models
+        since = await self._now() - self._ttl
+        pipe = self._redis.pipeline(transaction=False)
+        for model in models:
+            pipe.hgetall(failures_key(model))
+        found: dict[str, dict[str, str]] = {}
+        for model, raw in zip(models, await pipe.execute()):
+            for worker, record in raw.items():
+                try:
+                    failure = ModelFailure.model_validate_json(record)
+                except ValidationError:
+                    continue
+                if failure.at >= since:
+                    found.setdefault(model, {})[_text(worker)] = failure.reason
+        return found
+
+    async def unavailable(self, model: str, what: str = "right now") -> ServiceUnavailable:
+        """The 503 for a model no live worker serves: why it failed to load, when a worker says so."""
+        failures = await self.failures(model)
+        if failures:
+            worker, reason = sorted(failures.items())[0]
+            return ServiceUnavailable(f"Model '{model}' failed to load on worker {worker}: {reason}",
+                                      code="model_failed")  # fmt: skip
+        return ServiceUnavailable(f"No worker is serving model '{model}' {what}; start one with "
+                                  f"`celery -A workers worker -Q {model}`.", code="model_unavailable")  # fmt: skip
 
     def metric_label(self, model: str) -> str:
         """The model as a metrics label: names outside the models file (an unbounded set) are "other"."""
@@ -105,3 +143,7 @@ def _merged(raw_cards: list[bytes | str | None]) -> ModelCard | None:
     capabilities = tuple(dict.fromkeys(c for card in cards for c in card.capabilities))
     lengths = [card.max_model_len for card in cards if card.max_model_len is not None]
     return ModelCard(capabilities=capabilities, max_model_len=min(lengths) if lengths else None)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -238,7 +238,7 @@ class EventStream:
         registry, model = self._relay.registry, self.job.model
         if self._worker is None:
             if not await registry.live_workers(model):
-                raise ServiceUnavailable(f"No worker is serving model '{model}' any more.", code="model_unavailable")
+                raise await registry.unavailable(model, "any more")
         elif not await registry.is_alive(model, self._worker):
             raise ServiceUnavailable(f"The worker serving this request ({self._worker}) stopped.", code="worker_lost")
 

@@ -7,7 +7,7 @@ agrees on (`protocol.settings`).  Depends on pydantic (and PyYAML for the models
 importing it builds no Celery app, opens no connection and loads no model code.
 """
 
-from protocol.cards import EMBEDS, GENERATES, Capability, ModelCard
+from protocol.cards import EMBEDS, GENERATES, Capability, ModelCard, ModelFailure
 from protocol.events import (
     FINAL_EVENTS,
     DoneEvent,
@@ -47,6 +47,7 @@ from protocol.names import (
     cancel_key_for,
     cards_key,
     channel_for,
+    failures_key,
     live_workers_key,
     slots_key,
     stats_key,
@@ -71,6 +72,7 @@ __all__ = [
     "KeepAliveEvent",
     "MODELS_SEEN_KEY",
     "ModelCard",
+    "ModelFailure",
     "ModelSpec",
     "ModelsFile",
     "ModelsFileError",
@@ -94,6 +96,7 @@ __all__ = [
     "cancel_key_for",
     "cards_key",
     "channel_for",
+    "failures_key",
     "decode_event",
     "encode_event",
     "live_workers_key",

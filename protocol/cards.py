@@ -25,3 +25,10 @@ class ModelCard(WireModel):
 
     def can(self, capability: Capability) -> bool:
         return capability in self.capabilities
+
+
+class ModelFailure(WireModel):
+    """A model a worker was asked to serve but could not load: why, and when it last said so."""
+
+    reason: str
+    at: float = Field(description="unix time (Redis' clock) of the worker's last heartbeat saying so")

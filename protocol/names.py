@@ -42,10 +42,16 @@ def cards_key(model: str) -> str:
     return f"{KEY_PREFIX}cards:{model}"
 
 
+def failures_key(model: str) -> str:
+    """Hash worker id -> JSON `ModelFailure`: `model` failed to load there (refreshed with every
+    heartbeat of that worker, which keeps serving its other models)."""
+    return f"{KEY_PREFIX}failed:{model}"
+
+
 MODELS_SEEN_KEY = f"{KEY_PREFIX}models"  # set of every model name a worker has announced
 
 # Keys that live as long as the deployment: the worker registry, and kombu's per-queue bindings
 # (one set per queue, bounded by the models file).  Every other key must carry an expiry.
 PERMANENT_KEY_PREFIXES = (f"{KEY_PREFIX}live:", f"{KEY_PREFIX}slots:", f"{KEY_PREFIX}stats:", f"{KEY_PREFIX}cards:",
-                          MODELS_SEEN_KEY,
+                          f"{KEY_PREFIX}failed:", MODELS_SEEN_KEY,
                           "_kombu.binding")  # fmt: skip

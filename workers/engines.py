@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from adapters import AdapterKind, ModelLoadError, adapter_for
 from adapters.base import AdapterBase
@@ -28,7 +29,18 @@ class WorkerStartupError(RuntimeError):
     pass
 
 
-def load_engines(settings: WorkerSettings, queues: list[str], outbox: Outbox) -> dict[str, Engine]:
+@dataclass
+class Loaded:
+    """What a worker could load: an engine per model, and why each other model failed."""
+
+    engines: dict[str, Engine] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def load_engines(settings: WorkerSettings, queues: list[str], outbox: Outbox) -> Loaded:
+    """Load every model of `queues`.  A model that fails (whatever the exception: remote code
+    raises anything) is reported once, with its name and cause, and left out; raises
+    WorkerStartupError when no model at all could be loaded."""
     models = load_models_file(settings.models_file)
     served = [q for q in queues if models.get(q)]
     for queue in queues:
@@ -39,15 +51,30 @@ def load_engines(settings: WorkerSettings, queues: list[str], outbox: Outbox) ->
             f"this worker consumes no model queue; start it with -Q <model> "
             f"(models in {settings.models_file}: {', '.join(models.names)})"
         )
-    engines = {}
+    loaded = Loaded()
     for name in served:
         spec = models.models[name]
-        adapter = adapter_for(spec)(spec, settings.cache_dir)
-        log.info("loading model %s (adapter %s) from %s", name, adapter.name, spec.path)
-        adapter.load()
-        engines[name] = make_engine(adapter, spec, outbox, settings.keepalive_interval)
-        log.info("model %s serves up to %d requests together", name, engines[name].slots)
-    return engines
+        try:
+            adapter = adapter_for(spec)(spec, settings.cache_dir)
+            log.info("loading model %s (adapter %s) from %s", name, adapter.name, spec.path)
+            adapter.load()
+            loaded.engines[name] = make_engine(adapter, spec, outbox, settings.keepalive_interval)
+        except Exception as exc:  # noqa: BLE001 - remote code and loaders raise anything
+            loaded.failures[name] = failure_reason(exc)
+            log.error("model %s failed to load: %s", name, loaded.failures[name],
+                      exc_info=not isinstance(exc, ModelLoadError))  # fmt: skip
+            continue
+        log.info("model %s serves up to %d requests together", name, loaded.engines[name].slots)
+    if not loaded.engines:
+        raise WorkerStartupError("no model could be loaded: " + "; ".join(f"{m}: {why}" for m, why in loaded.failures.items()))
+    return loaded
+
+
+def failure_reason(exc: BaseException, limit: int = 500) -> str:
+    """The cause of a failed load in one line: the exception's type (unless it is ours) and message."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    reason = text if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {text}"
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
 
 
 def make_engine(adapter: AdapterBase, spec: ModelSpec, outbox: Outbox, keepalive: float = 5.0) -> Engine:

@@ -11,10 +11,9 @@ import logging
 import redis
 from celery import signals
 
-from adapters import ModelLoadError
 from protocol import load_models_file
 from workers.celery import QueueChatCelery
-from workers.engines import WorkerStartupError, load_engines, pool_slots
+from workers.engines import load_engines, pool_slots
 from workers.heartbeat import WorkerState
 from workers.publisher import Outbox
 
@@ -42,7 +41,12 @@ def _size_the_pool(sender: object, **_: object) -> None:
 
 @signals.celeryd_after_setup.connect
 def _load_models(sender: str, instance: object, **_: object) -> None:
-    """Runs once -Q is applied and logging is set up, before the consumer takes any task."""
+    """Runs once -Q is applied and logging is set up, before the consumer takes any task.
+
+    A worker never pretends: a model that fails to load is reported (log, and a failure record in
+    its heartbeat that the gateway, `queuechat models` and /metrics show), its queue is not
+    consumed, and a worker left with no model at all exits non-zero.  Any exception counts:
+    Celery would log one escaping this handler and keep the worker running, serving nothing."""
     app = getattr(instance, "app", None)
     if not isinstance(app, QueueChatCelery):
         return
@@ -50,11 +54,14 @@ def _load_models(sender: str, instance: object, **_: object) -> None:
     client = redis.Redis.from_url(app.settings.redis_url)
     outbox = Outbox(client)
     try:
-        engines = load_engines(app.settings, queues, outbox)
-    except (ModelLoadError, WorkerStartupError, ValueError, OSError) as exc:
+        loaded = load_engines(app.settings, queues, outbox)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the worker must not stay up serving nothing
         log.critical("worker cannot start: %s", exc)
         raise SystemExit(2) from exc
-    app.state = WorkerState(sender, app.settings, client, engines, outbox)
+    if loaded.failures:
+        app.amqp.queues.deselect(list(loaded.failures))  # their tasks wait for a worker that can serve them
+        log.error("serving %s; not serving %s (failed to load)", ", ".join(loaded.engines), ", ".join(loaded.failures))
+    app.state = WorkerState(sender, app.settings, client, loaded.engines, outbox, failures=loaded.failures)
 
 
 @signals.worker_ready.connect

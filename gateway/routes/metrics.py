@@ -11,5 +11,5 @@ router = APIRouter()
 @router.get("/metrics")
 async def metrics(request: Request, registry: RegistryDep) -> Response:
     collected = request.app.state.metrics
-    await collected.refresh(request.app.state.redis, await registry.live_map())
+    await collected.refresh(request.app.state.redis, await registry.live_map(), await registry.failed_map())
     return Response(generate_latest(collected.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,5 +1,6 @@
 """GET /v1/models and /v1/models/{id}: models that a live worker serves right now, with what
-each can do (`capabilities`) and its context length (`max_model_len`), as their workers say."""
+each can do (`capabilities`) and its context length (`max_model_len`), as their workers say;
+and, with `status: failed` and the reason, models that a live worker failed to load."""
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -15,10 +16,17 @@ _CREATED = 1_700_000_000  # a fixed timestamp: models here have no creation date
 
 
 def _model(registry: Registry, model: str, card: ModelCard | None) -> Model:
-    entry = Model(id=model, object="model", created=_CREATED, owned_by=registry.owned_by(model))
+    entry = Model(id=model, object="model", created=_CREATED, owned_by=registry.owned_by(model), status="ready")
     if card is not None:
         entry.capabilities, entry.max_model_len = list(card.capabilities), card.max_model_len
     return entry
+
+
+def _failed(registry: Registry, model: str, failures: dict[str, str]) -> Model:
+    """A model no live worker serves because it failed to load: listed, unusable, with the reason."""
+    worker, reason = sorted(failures.items())[0]
+    return Model(id=model, object="model", created=_CREATED, owned_by=registry.owned_by(model), capabilities=[],
+                 status="failed", status_reason=f"failed to load on worker {worker}: {reason}")  # fmt: skip
 
 
 def _json(body: ListModelsResponse | Model) -> Response:
@@ -28,7 +36,9 @@ def _json(body: ListModelsResponse | Model) -> Response:
 @router.get("/v1/models")
 async def list_models(registry: RegistryDep) -> Response:
     cards = await registry.cards(await registry.live_map())
-    return _json(ListModelsResponse(object="list", data=[_model(registry, m, card) for m, card in cards.items()]))
+    failed = {m: why for m, why in (await registry.failed_map()).items() if m not in cards}
+    data = [_model(registry, m, card) for m, card in cards.items()] + [_failed(registry, m, w) for m, w in failed.items()]
+    return _json(ListModelsResponse(object="list", data=data))
 
 
 @router.get("/v1/models/{model:path}")

@@ -12,7 +12,9 @@ from protocol import (
     GENERATES,
     MODELS_SEEN_KEY,
     ModelCard,
+    ModelFailure,
     cards_key,
+    failures_key,
     live_workers_key,
     slots_key,
     stats_key,
@@ -25,7 +27,7 @@ CHAT_CARD = ModelCard(capabilities=GENERATES, max_model_len=2048)
 
 def _engine(free: int = 8, slots: int = 8, stats: dict | None = None, card: ModelCard = CHAT_CARD) -> SimpleNamespace:
     stats = stats or {"running": slots - free, "slots": slots, "tokens": 0}
-    return SimpleNamespace(free_slots=free, slots=slots, stats=lambda: stats, card=lambda: card)
+    return SimpleNamespace(free_slots=free, slots=slots, stats=lambda: stats, card=lambda: card, close=lambda: None)
 
 
 def _state(client, engines) -> WorkerState:
@@ -57,3 +59,22 @@ def test_a_beat_forgets_workers_dead_for_ten_heartbeat_ttls_in_both_keys() -> No
     assert set(client.hkeys(slots_key("m"))) == {b"w1@host", b"recent@host"}
     assert set(client.hkeys(stats_key("m"))) == {b"w1@host"}
     assert set(client.hkeys(cards_key("m"))) == {b"w1@host"}
+
+
+def test_a_beat_says_which_models_failed_to_load_and_tidies_old_failures() -> None:
+    client = fakeredis.FakeRedis()
+    seconds, _ = client.time()
+    old = ModelFailure(reason="gone long ago", at=seconds - 60).model_dump_json()
+    client.hset(failures_key("broken"), mapping={"killed@host": old, "w1@host": old})
+    client.hset(failures_key("m"), "w1@host", old)  # an earlier run of this worker failed m; now it loads
+    state = _state(client, {"m": _engine()})
+    state.failures = {"broken": "TypeError: no"}
+    state.beat()
+    assert set(client.hkeys(failures_key("broken"))) == {b"w1@host"}  # the killed worker's record is tidied
+    mine = ModelFailure.model_validate_json(client.hget(failures_key("broken"), "w1@host"))
+    assert mine.reason == "TypeError: no" and mine.at >= seconds
+    assert client.hlen(failures_key("m")) == 0
+    assert client.zscore(live_workers_key("broken"), "w1@host") is None  # failed: not live for it
+    assert b"broken" in client.smembers(MODELS_SEEN_KEY)
+    state.withdraw()
+    assert client.hlen(failures_key("broken")) == 0

@@ -5,12 +5,26 @@ never guessed from the path's name."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from protocol.models_file import ModelSpec
 
 # transformers has native classes for these GLM generations; older ChatGLMs need remote code.
 NATIVE_GLM_TYPES = frozenset({"glm", "glm4", "glm4_moe"})
+
+log = logging.getLogger(__name__)
+_hinted: set[Path] = set()
+
+
+def convert_hint(path: Path | None, config: dict) -> str | None:
+    """For a THUDM remote-code ChatGLM2/3 or GLM-4 folder: the `queuechat convert-chatglm`
+    command that makes it a native, batched GLM (adapters/glm_convert.py); else None."""
+    if config.get("model_type") != "chatglm":
+        return None
+    from adapters.glm_convert import conversion_hint
+
+    return conversion_hint(path, config)
 
 
 def read_config(path: Path | None) -> dict:
@@ -43,6 +57,9 @@ def choose_adapter(spec: ModelSpec, config: dict | None = None) -> str:
     model_type = config.get("model_type", "")
     architectures = config.get("architectures") or []
     if model_type == "chatglm" or model_type in NATIVE_GLM_TYPES:
+        if spec.path not in _hinted and (hint := convert_hint(spec.path, config)):
+            _hinted.add(spec.path)
+            log.warning("%s: %s", spec.name, hint)
         return "chatglm"
     if architectures and not any(a.endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")) for a in architectures):
         return "embeddings"  # an encoder (BertModel, ...): it can embed, not generate

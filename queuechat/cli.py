@@ -7,6 +7,7 @@
     queuechat bench [ARGS]              the benchmark (python -m bench)
     queuechat soak [ARGS]               mixed traffic and a leak report (python -m bench.soak)
     queuechat flower [ARGS]             Flower, counting every model queue
+    queuechat convert-chatglm SRC DST   a THUDM ChatGLM2/3 / GLM-4 checkpoint -> transformers' GLM (batched)
 
 Settings come from the environment (QUEUECHAT_REDIS_URL, QUEUECHAT_MODELS_FILE, ...).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from workers.settings import WorkerSettings
 
@@ -36,7 +38,7 @@ def _models(args: argparse.Namespace, _: list[str]) -> None:
     import redis
 
     from adapters.select import choose_adapter
-    from protocol import live_workers_key, slots_key
+    from protocol import ModelFailure, failures_key, live_workers_key, slots_key
     from protocol.models_file import load_models_file
 
     settings = WorkerSettings()
@@ -50,13 +52,18 @@ def _models(args: argparse.Namespace, _: list[str]) -> None:
         reachable, seconds = False, 0
     print(f"models file: {settings.models_file}")
     print(f"{'model':24} {'adapter':11} {'slots':>5}  {'live workers (free/total slots)':34} path")
+    failures: list[str] = []
     for name, spec in models.models.items():
         live = "-"
         if reachable:
             workers = [w.decode() for w in client.zrangebyscore(live_workers_key(name), seconds - settings.heartbeat_ttl, "+inf")]
             slots = {k.decode(): v.decode() for k, v in client.hgetall(slots_key(name)).items()}
             live = ", ".join(f"{w} ({slots.get(w, '?')})" for w in workers) or "none"
+            failed = [(w.decode(), ModelFailure.model_validate_json(raw)) for w, raw in client.hgetall(failures_key(name)).items()]
+            failures += [f"  {name} failed to load on {w}: {f.reason}" for w, f in failed if f.at >= seconds - settings.heartbeat_ttl]
         print(f"{name:24} {choose_adapter(spec):11} {spec.slots:>5}  {live:34} {spec.path or ''}")
+    if failures:
+        print("\n" + "\n".join(failures))
 
 
 def _chat(args: argparse.Namespace, _: list[str]) -> None:
@@ -96,6 +103,19 @@ def _chat(args: argparse.Namespace, _: list[str]) -> None:
             continue
         print()
         history.append({"role": "assistant", "content": answer})
+
+
+def _convert_chatglm(args: argparse.Namespace, _: list[str]) -> None:
+    from adapters.glm_convert import NotConvertible, convert_checkpoint
+
+    try:
+        report = convert_checkpoint(args.src, args.dst, dtype=args.dtype, family=args.family,
+                                    tokenizer=not args.no_tokenizer, overwrite=args.overwrite)  # fmt: skip
+    except (NotConvertible, FileExistsError) as exc:
+        raise SystemExit(f"queuechat convert-chatglm: {exc}") from None
+    print(report.summary())
+    print(f"serve it with `path: {report.dst}` (adapter auto or hf-causal)"
+          + (", `trust_remote_code: true`" if report.tokenizer == "remote-code" else ""))  # fmt: skip
 
 
 def _delegate(module: str) -> object:
@@ -139,6 +159,14 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=None, help="default: the model's")
     chat.add_argument("--once", help="ask one question, print the answer and exit")
     chat.set_defaults(run=_chat)
+    convert = sub.add_parser("convert-chatglm", help="convert a THUDM ChatGLM2/3 or GLM-4 checkpoint to transformers' GLM")
+    convert.add_argument("src", type=Path, help="the THUDM checkpoint folder (config.json model_type chatglm)")
+    convert.add_argument("dst", type=Path, help="the new folder (GlmForCausalLM, safetensors, fast tokenizer)")
+    convert.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="default: the source's")
+    convert.add_argument("--family", choices=("chatglm2", "chatglm3", "glm4"), help="default: read from the files")
+    convert.add_argument("--no-tokenizer", action="store_true", help="convert the weights only")
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
+    convert.set_defaults(run=_convert_chatglm)
     sub.add_parser("bench", help="the benchmark (see --help)", add_help=False).set_defaults(run=_delegate("bench.__main__"))
     sub.add_parser("soak", help="the soak run (see --help)", add_help=False).set_defaults(run=_delegate("bench.soak"))
     sub.add_parser("flower", help="Flower, with every model queue", add_help=False).set_defaults(run=_flower)
@@ -147,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args, extra = parser().parse_known_args(argv)
-    if extra and args.command in ("models", "chat", "serve"):
+    if extra and args.command in ("models", "chat", "serve", "convert-chatglm"):
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "serve":
         from gateway.settings import GatewaySettings

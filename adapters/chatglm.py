@@ -5,6 +5,10 @@ onto that interface and turns the growing responses it yields into deltas.
 Native GLM-4 checkpoints (transformers' GlmForCausalLM / Glm4ForCausalLM) need no remote code;
 `adapter_class` serves them with the generic batched adapter and the `glm4` template fallback.
 
+THUDM's published code was written for transformers 4.2x-4.3x; `adapters/chatglm_compat.py`
+patches its classes at load time (one documented fix per API transformers changed since), so the
+checkpoints are served exactly as downloaded.
+
 History styles, chosen by `options: {history: pairs|messages}` or detected from the tokenizer:
 - pairs (ChatGLM-6B / ChatGLM2-6B): history = [(question, answer), ...]; a system message is
   put before the first question, since these models have no system role;
@@ -21,7 +25,9 @@ from typing import Any
 import torch
 
 from adapters.base import AdapterError, ModelLoadError, TextAdapter, UnsupportedParameter
+from adapters.chatglm_compat import is_chatglm_remote_code, prepare_remote_classes
 from adapters.hf_causal import pick_device, pick_dtype
+from adapters.select import read_config
 from adapters.templates import Template, get_template
 from protocol import ChatMessage, GenerateJob, SamplingParams
 
@@ -48,6 +54,9 @@ class ChatGLMAdapter(TextAdapter):
                 "set 'trust_remote_code: true' in the models file if you trust that code"
             )
         device = pick_device(self.spec.device)
+        config = read_config(path)
+        # THUDM's code predates transformers 5: patch its classes before they are used (see chatglm_compat)
+        self.compat_fixes = prepare_remote_classes(path, config) if is_chatglm_remote_code(config) else {}
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
         model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=pick_dtype(self.spec.dtype, device))
         self.model = model.to(device).eval()
@@ -63,8 +72,9 @@ class ChatGLMAdapter(TextAdapter):
         config = self.model.config
         native = getattr(config, "seq_length", None) or getattr(config, "max_position_embeddings", None) or 2048
         self._context = min(native, self.spec.max_context) if self.spec.max_context else native
-        log.info("loaded %s (remote-code ChatGLM, %s history) in %.1f s", self.spec.name, style,
-                 time.monotonic() - started)  # fmt: skip
+        fixes = sorted({fix for applied in self.compat_fixes.values() for fix in applied})
+        log.info("loaded %s (remote-code ChatGLM, %s history%s) in %.1f s", self.spec.name, style,
+                 f"; transformers compat: {', '.join(fixes)}" if fixes else "", time.monotonic() - started)  # fmt: skip
 
     @property
     def context_length(self) -> int:

@@ -8,6 +8,7 @@ import base64
 import math
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -132,3 +133,42 @@ def test_minilm_puts_similar_sentences_closer(client, env, workdir, redis_server
         cosine = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731  (normalized vectors)
         assert len(vectors[0]) == 384
         assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2
+
+
+# -- THUDM-style remote code (old transformers APIs) served as downloaded -----------------------------
+# Stand-ins for ChatGLM-6B (generation 1) and ChatGLM3-6B (3) whose code breaks on transformers 5
+# without adapters/chatglm_compat.py (see tests/unit/test_chatglm_compat.py).  They get a gateway
+# and worker of their own: the shared stack's models file does not list them.
+
+
+@pytest.fixture(scope="module")
+def thudm_stack(workdir, redis_server, tmp_path_factory) -> Iterator[tuple[openai.OpenAI, dict[str, Path]]]:
+    from tests.integration.processes import Gateway, stack_env
+    from tests.tiny_families import make_thudm_chatglm
+    from tests.tiny_models import write_models_file
+
+    root = tmp_path_factory.mktemp("thudm")
+    folders = {f"thudm-chatglm{g}": make_thudm_chatglm(root / f"thudm{g}-served", g) for g in (1, 3)}
+    models = write_models_file(workdir / "models-thudm.yaml",
+                               {name: {"path": folder, "trust_remote_code": True} for name, folder in folders.items()})  # fmt: skip
+    env = stack_env(redis_server.url, models)
+    server = Gateway(env, workdir)
+    try:
+        with live_worker(list(folders), env, workdir, redis_server.client):
+            yield openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=60), folders
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("name", ["thudm-chatglm1", "thudm-chatglm3"])
+def test_thudm_style_chatglm_is_served_as_downloaded(thudm_stack, name: str) -> None:
+    from adapters.chatglm_compat import load_chatglm
+
+    client, folders = thudm_stack
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = client.chat.completions.create(model=name, messages=question, temperature=0, max_tokens=8)
+    tokenizer, model, _ = load_chatglm(folders[name])
+    expected, _ = model.chat(tokenizer, question[0]["content"], history=[], do_sample=False, max_length=200)
+    assert reply.choices[0].message.content and expected.startswith(reply.choices[0].message.content)
+    streamed = client.chat.completions.create(model=name, messages=question, temperature=0, max_tokens=8, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == reply.choices[0].message.content

@@ -5,7 +5,7 @@ onto that interface and turns the growing responses it yields into deltas.
 Native GLM-4 checkpoints (transformers' GlmForCausalLM / Glm4ForCausalLM) need no remote code;
 `adapter_class` serves them with the generic batched adapter and the `glm4` template fallback.
 
-THUDM's published code was written for transformers 4.2x-4.3x; `adapters/chatglm_compat.py`
+THUDM's published code was written for transformers 4.2x-4.3x; `adapters/chatglm_compat/`
 patches its classes at load time (one documented fix per API transformers changed since), so the
 checkpoints are served exactly as downloaded.
 

@@ -137,14 +137,14 @@ def test_minilm_puts_similar_sentences_closer(client, env, workdir, redis_server
 
 # -- THUDM-style remote code (old transformers APIs) served as downloaded -----------------------------
 # Stand-ins for ChatGLM-6B (generation 1) and ChatGLM3-6B (3) whose code breaks on transformers 5
-# without adapters/chatglm_compat.py (see tests/unit/test_chatglm_compat.py).  They get a gateway
+# without adapters/chatglm_compat/ (see tests/unit/test_chatglm_compat.py).  They get a gateway
 # and worker of their own: the shared stack's models file does not list them.
 
 
 @pytest.fixture(scope="module")
 def thudm_stack(workdir, redis_server, tmp_path_factory) -> Iterator[tuple[openai.OpenAI, dict[str, Path]]]:
     from tests.integration.processes import Gateway, stack_env
-    from tests.tiny_families import make_thudm_chatglm
+    from tests.tiny_thudm_chatglm import make_thudm_chatglm
     from tests.tiny_models import write_models_file
 
     root = tmp_path_factory.mktemp("thudm")

@@ -1,5 +1,5 @@
-"""The compatibility layer for THUDM's ChatGLM remote code (adapters/chatglm_compat.py), on tiny
-checkpoints whose own remote code uses the same old transformers APIs (tests/tiny_families.py,
+"""The compatibility layer for THUDM's ChatGLM remote code (adapters/chatglm_compat/), on tiny
+checkpoints whose own remote code uses the same old transformers APIs (tests/tiny_thudm_chatglm.py,
 `make_thudm_chatglm`): each one really breaks on plain transformers, each fix is the one that
 mends its break, and with all of them `stream_chat` / `chat` answer and the adapter serves them.
 
@@ -23,7 +23,7 @@ from adapters import chatglm_compat as compat
 from adapters.chatglm import ChatGLMAdapter
 from protocol import ChatMessage, GenerateJob, SamplingParams
 from protocol.models_file import ModelSpec
-from tests.tiny_families import make_thudm_chatglm
+from tests.tiny_thudm_chatglm import make_thudm_chatglm
 from tests.unit.test_batching import RecordingSink
 from workers.serial_engine import SerialEngine
 

@@ -1,4 +1,5 @@
-"""ChatGLM with its own remote code (ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B): the model's
+"""ChatGLM with its own remote code (ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B, and GLM-4-9B-chat's
+first published code, which still has `chat` / `stream_chat`): the model's
 `stream_chat(tokenizer, query, history, ...)` generates, and this adapter maps OpenAI messages
 onto that interface and turns the growing responses it yields into deltas.
 
@@ -12,11 +13,17 @@ checkpoints are served exactly as downloaded.
 History styles, chosen by `options: {history: pairs|messages}` or detected from the tokenizer:
 - pairs (ChatGLM-6B / ChatGLM2-6B): history = [(question, answer), ...]; a system message is
   put before the first question, since these models have no system role;
-- messages (ChatGLM3-6B, whose tokenizer has `build_chat_input`): history = [{"role", "content"}].
+- messages (ChatGLM3-6B, whose tokenizer has `build_chat_input`; GLM-4-9B-chat, whose
+  `stream_chat` takes a `role`): history = [{"role", "content"}].
+
+GLM-4-9B-chat code without `stream_chat` (its later revisions, meant for `generate()` with the
+tokenizer's chat template) is refused with the `queuechat convert-chatglm` command: its network is
+transformers' own Glm, served batched by hf-causal once converted.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -38,8 +45,45 @@ class ConversationError(AdapterError):
     param = "messages"
 
 
+def takes_messages(tokenizer: Any, stream_chat: Any) -> bool:
+    """Whether `stream_chat` wants history as role/content messages: ChatGLM3's tokenizer has
+    `build_chat_input`; GLM-4-9B-chat's first code has none (its tokenizer's own
+    `apply_chat_template` builds the prompt), but its stream_chat, like ChatGLM3's, takes the new
+    message's `role`, which ChatGLM-6B / ChatGLM2-6B's do not."""
+    if hasattr(tokenizer, "build_chat_input"):
+        return True
+    try:
+        return "role" in inspect.signature(stream_chat).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def default_template(tokenizer: Any, style: str) -> str:
+    """The template that spells the prompt as the model's code does (for usage and the context
+    check): GLM-4's vocabulary has `<sop>` (its prompt starts `[gMASK]<sop>`), ChatGLM3's `sop`."""
+    if style == "pairs":
+        return "chatglm"
+    try:
+        glm4 = "<sop>" in tokenizer.get_vocab()
+    except Exception:  # a remote get_vocab that fails: keep ChatGLM3's
+        glm4 = False
+    return "glm4" if glm4 else "chatglm3"
+
+
+def no_stream_chat_message(name: str, path: Any, config: dict) -> str:
+    """Later revisions of GLM-4-9B-chat's code dropped chat()/stream_chat() (meant for generate()
+    with the tokenizer's chat template); its network is transformers' own Glm, so the converter
+    serves it natively (batched, no remote model code)."""
+    from adapters.select import convert_hint
+
+    hint = convert_hint(path, config)
+    return f"model {name!r}: its code has no stream_chat(), which adapter chatglm runs; " + (
+        hint or "serve a converted or native checkpoint (transformers' Glm/Glm4) with adapter hf-causal"
+    )
+
+
 class ChatGLMAdapter(TextAdapter):
-    """Remote-code ChatGLM-6B/2/3: the model's own `stream_chat` writes the reply."""
+    """Remote-code ChatGLM-6B/2/3 and GLM-4-9B-chat: the model's own `stream_chat` writes the reply."""
 
     name = "chatglm"
 
@@ -61,14 +105,14 @@ class ChatGLMAdapter(TextAdapter):
         model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=pick_dtype(self.spec.dtype, device))
         self.model = model.to(device).eval()
         if not callable(getattr(self.model, "stream_chat", None)):
-            raise ModelLoadError(f"model {self.spec.name!r}: its code has no stream_chat(); use adapter hf-causal")
+            raise ModelLoadError(no_stream_chat_message(self.spec.name, path, config))
         style = self.spec.options.get("history", "auto")
         if style == "auto":
-            style = "messages" if hasattr(self.tokenizer, "build_chat_input") else "pairs"
+            style = "messages" if takes_messages(self.tokenizer, self.model.stream_chat) else "pairs"
         if style not in ("pairs", "messages"):
             raise ModelLoadError(f"model {self.spec.name!r}: options.history must be pairs or messages")
         self.history_style = style
-        self.template: Template = get_template(self.spec.template or ("chatglm3" if style == "messages" else "chatglm"))
+        self.template: Template = get_template(self.spec.template or default_template(self.tokenizer, style))
         config = self.model.config
         native = getattr(config, "seq_length", None) or getattr(config, "max_position_embeddings", None) or 2048
         self._context = min(native, self.spec.max_context) if self.spec.max_context else native
@@ -101,7 +145,19 @@ class ChatGLMAdapter(TextAdapter):
                 raise UnsupportedParameter(name, self.spec.name)
 
     def prompt_ids(self, job: GenerateJob) -> list[int]:
-        """The prompt as the model's own format spells it, for usage and the context check."""
+        """The prompt's token ids as the model's own code builds them (for usage and the context
+        check): the tokenizer's `build_chat_input` (ChatGLM3) or `apply_chat_template` (GLM-4)
+        when the model takes messages; else the template's text.  Encoding a template that spells
+        special tokens as text (`[gMASK]sop<|user|>`) would count them as ordinary pieces."""
+        if self.history_style == "messages":
+            query, history = self.conversation(job)
+            if callable(getattr(self.tokenizer, "build_chat_input", None)):
+                return _flat_ids(self.tokenizer.build_chat_input(query, history=history, role="user"))
+            try:
+                chat = [*history, {"role": "user", "content": query}]
+                return _flat_ids(self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True))
+            except ValueError:  # no chat template: the named template's text below
+                pass
         text = self.template.render(job.messages) if job.messages is not None else job.prompt or ""
         return self.tokenizer.encode(text, add_special_tokens=False)
 
@@ -159,3 +215,14 @@ class ChatGLMAdapter(TextAdapter):
             delta, previous = response[len(previous) :], response
             if delta:
                 yield delta
+
+
+def _flat_ids(encoded: Any) -> list[int]:
+    """One sequence's ids from what a remote tokenizer returns: ids, a batch of one, a tensor or an
+    encoding with `input_ids`."""
+    if not isinstance(encoded, (list, tuple)) and "input_ids" in encoded:
+        encoded = encoded["input_ids"]
+    ids = encoded.tolist() if hasattr(encoded, "tolist") else list(encoded)
+    while ids and isinstance(ids[0], (list, tuple)):
+        ids = list(ids[0])
+    return [int(token) for token in ids]

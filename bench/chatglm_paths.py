@@ -161,8 +161,9 @@ def checkpoint(args: argparse.Namespace) -> None:
             remote_s, remote_tokens = time.perf_counter() - started, sum(map(len, remote_ids))
         finally:
             serial.close()
-        remote_prompts = [remote.tokenizer.build_chat_input(m[0].content)["input_ids"][0].tolist()
-                          if remote.history_style == "messages" else None for m in messages]  # fmt: skip
+        remote_prompts = [remote.prompt_ids(GenerateJob(request_id=f"p{i}", model="glm", messages=tuple(m),
+                                                        expires_at=time.time() + 60))
+                          for i, m in enumerate(messages)]  # fmt: skip  # the ids its own code builds
         del remote, serial, forward, counted
 
         # (2) converted: GlmForCausalLM, hf-causal adapter, one batch
@@ -209,7 +210,7 @@ def checkpoint(args: argparse.Namespace) -> None:
     print(f"(the serial engine's usage for the remote replies, by re-encoding their text: {counted_usage})")
     same_ids = sum(r == h for r, h in zip(remote_prompts, prompts))
     print(f"prompt ids identical (build_chat_input vs chat_prompt): {same_ids}/{n}; prompt lengths: "
-          f"build_chat_input {len(remote_prompts[0] or [])}, chatglm adapter's prompt_ids {prompt_lens[0]}, "
+          f"its own code {len(remote_prompts[0] or [])}, chatglm adapter's prompt_ids {prompt_lens[0]}, "
           f"converted {len(prompts[0])} (request 0)")  # fmt: skip
     agree = []
     for r, h in zip(remote_ids, (hf_ids[tuple(p)] for p in prompts)):

@@ -10,9 +10,9 @@ from fastapi import FastAPI
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.errors import install_error_handlers
+from gateway.metrics import HttpMetricsMiddleware, Metrics
 from gateway.registry import Registry
 from gateway.relay import Relay
-from gateway.metrics import HttpMetricsMiddleware, Metrics
 from gateway.routes import chat, completions, embeddings, health, models, page
 from gateway.routes import metrics as metrics_route
 from gateway.security import GuardMiddleware

@@ -1,7 +1,8 @@
 """Tiny stand-ins for THUDM's published remote code (ChatGLM-6B = generation 1, ChatGLM2-6B = 2,
-ChatGLM3-6B = 3), built in a temp folder by `make_thudm_chatglm` and written here from scratch
-for issue 13.  They keep the *shape* of that code where transformers 5 broke it, so the
-compatibility layer in adapters/chatglm_compat/ can be tested without THUDM's files:
+ChatGLM3-6B = 3, GLM-4-9B-chat's first code = 4), built in a temp folder by `make_thudm_chatglm`
+and written here from scratch for issue 13 (generation 4 later).  They keep the *shape* of that
+code where transformers 5 broke it, so the compatibility layer in adapters/chatglm_compat/ can be
+tested without THUDM's files:
 - tokenizer: generation 1 calls `super().__init__` before it builds `self.sp_tokenizer`, which its
   `vocab_size` / `get_vocab` need; `_pad` has no `padding_side`; generation 3's
   `build_chat_input` calls `batch_encode_plus`;
@@ -13,7 +14,11 @@ compatibility layer in adapters/chatglm_compat/ can be tested without THUDM's fi
   the old one-value form, 2/3: `cache_name, cache = ...`); `chat()` goes through `generate()`
   with a config that says `num_layers`, not `num_hidden_layers`, and a tuple-of-tensors KV cache;
   generation 1 makes its own 2-D (position, block position) ids when given none, and its
-  tokenizer returns masks and positions only when it pads.
+  tokenizer returns masks and positions only when it pads;
+- generation 4 (GLM-4-9B-chat): a tiktoken tokenizer (`ChatGLM4Tokenizer`, one rank per byte
+  here) whose own `apply_chat_template` calls `batch_encode_plus`, specials as added tokens;
+  `chat` / `stream_chat` take a `role` and build the prompt with that apply_chat_template, stop at
+  <|endoftext|>, <|user|> or <|observation|>, and keep the one-value `_extract_past_from_model_output`.
 """
 
 from __future__ import annotations
@@ -369,6 +374,119 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel):
                 break
 '''
 
+_THUDM4_TOKENIZATION = '''
+"""GLM-4-9B-chat's tokenizer, in shape: a tiktoken vocabulary (`base64 rank` lines) built before the
+base class's __init__, special tokens as added tokens after its ranks, its own apply_chat_template
+that calls batch_encode_plus, a _pad of the transformers 4.3x signature."""
+import base64
+
+import tiktoken
+from transformers import PreTrainedTokenizer
+from transformers.utils import PaddingStrategy
+
+PATTERN = r"\\s+(?!\\S)|\\s+|\\S+"
+
+
+class ChatGLM4Tokenizer(PreTrainedTokenizer):
+    vocab_files_names = {"vocab_file": "tokenizer.model"}
+    model_input_names = ["input_ids", "attention_mask", "position_ids"]
+
+    def __init__(self, vocab_file, padding_side="left", clean_up_tokenization_spaces=False, **kwargs):
+        self.vocab_file = vocab_file
+        ranks = {}
+        with open(vocab_file) as f:
+            for line in f:
+                token, rank = line.strip().split()
+                ranks[base64.b64decode(token)] = int(rank)
+        self.mergeable_ranks = ranks
+        self.tokenizer = tiktoken.Encoding(name="tiny_glm4", pat_str=PATTERN, mergeable_ranks=ranks,
+                                           special_tokens={})
+        self.decoder = {rank: token for token, rank in ranks.items()}
+        self.n_words = len(self.decoder)
+        super().__init__(padding_side=padding_side, clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+                         **kwargs)
+
+    @property
+    def vocab_size(self):
+        return self.n_words
+
+    def get_vocab(self):
+        vocab = {self._convert_id_to_token(i): i for i in range(self.vocab_size)}
+        vocab.update(self.added_tokens_encoder)
+        return vocab
+
+    def convert_tokens_to_string(self, tokens):
+        text, pending = "", b""
+        for t in tokens:
+            if isinstance(t, str):
+                text += pending.decode("utf-8", errors="replace") + t
+                pending = b""
+            else:
+                pending += t
+        return text + pending.decode("utf-8", errors="replace")
+
+    def _tokenize(self, text, **kwargs):
+        return [self.decoder[t] for t in self.tokenizer.encode(text, disallowed_special=())]
+
+    def _convert_token_to_id(self, token):
+        return self.mergeable_ranks[token]
+
+    def _convert_id_to_token(self, index):
+        return self.decoder[index]
+
+    def get_prefix_tokens(self):
+        return [self.convert_tokens_to_ids("[gMASK]"), self.convert_tokens_to_ids("<sop>")]
+
+    def build_single_message(self, role, metadata, message):
+        return ([self.convert_tokens_to_ids("<|" + role + "|>")]
+                + self.tokenizer.encode(metadata + "\\n", disallowed_special=())
+                + self.tokenizer.encode(message, disallowed_special=()))
+
+    def apply_chat_template(self, conversation, add_generation_prompt=False, tokenize=True, padding=False,
+                            truncation=False, max_length=None, return_tensors=None, return_dict=False,
+                            add_special_tokens=True, **kwargs):
+        ids = self.get_prefix_tokens() if add_special_tokens else []
+        for item in conversation:
+            if item["content"]:
+                ids += self.build_single_message(item["role"], item.get("metadata", ""), item["content"])
+        if add_generation_prompt:
+            ids.append(self.convert_tokens_to_ids("<|assistant|>"))
+        if not tokenize:
+            return self.decode(ids)
+        output = self.batch_encode_plus([ids], padding=padding, truncation=truncation, max_length=max_length,
+                                        return_tensors=return_tensors, is_split_into_words=True,
+                                        add_special_tokens=False)
+        return output if return_dict else output["input_ids"]
+
+    def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
+        ids = self.get_prefix_tokens() + token_ids_0
+        if token_ids_1 is not None:
+            ids = ids + token_ids_1 + [self.convert_tokens_to_ids("<eos>")]
+        return ids
+
+    def _pad(self, encoded_inputs, max_length=None, padding_strategy=PaddingStrategy.DO_NOT_PAD,
+             pad_to_multiple_of=None, return_attention_mask=None):
+        # the signature of transformers 4.3x: no padding_side
+        assert self.padding_side == "left"
+        required_input = encoded_inputs[self.model_input_names[0]]
+        seq_length = len(required_input)
+        if padding_strategy == PaddingStrategy.LONGEST:
+            max_length = seq_length
+        if "attention_mask" not in encoded_inputs:
+            encoded_inputs["attention_mask"] = [1] * seq_length
+        if "position_ids" not in encoded_inputs:
+            encoded_inputs["position_ids"] = list(range(seq_length))
+        if padding_strategy != PaddingStrategy.DO_NOT_PAD and seq_length != max_length:
+            difference = max_length - seq_length
+            encoded_inputs["attention_mask"] = [0] * difference + encoded_inputs["attention_mask"]
+            encoded_inputs["position_ids"] = [0] * difference + encoded_inputs["position_ids"]
+            encoded_inputs[self.model_input_names[0]] = [self.pad_token_id] * difference + required_input
+        return encoded_inputs
+
+    def save_vocabulary(self, save_directory, filename_prefix=None):
+        return ()
+'''
+
 # ChatGLM-6B: the base class first, its vocabulary afterwards; ChatGLM2/3: the other way round
 _INIT_VOCAB_AFTER = """        super().__init__(padding_side=padding_side, **kwargs)
         self.vocab_file = vocab_file
@@ -388,38 +506,75 @@ THUDM_SPECIALS = ["<unk>", "<s>", "</s>", "[gMASK]", "sop", "<|system|>", "<|use
 _THUDM_CHARS = [chr(c) for c in range(32, 127)] + list("\n问答：，。")
 
 
+# GLM-4-9B-chat's special tokens, in its order, after the tiktoken ranks (here: the 256 bytes)
+GLM4_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+                 "<|assistant|>", "<|observation|>"]  # fmt: skip
+
+
+def _write_glm4_vocabulary(folder: Path) -> tuple[int, int, list[int]]:
+    """tokenizer.model (one rank per byte, GLM-4's `base64 rank` format) and tokenizer_config.json with
+    the specials as added tokens after the ranks; returns (vocabulary size, pad id, eos ids)."""
+    import base64
+
+    lines = [f"{base64.b64encode(bytes([b])).decode()} {b}" for b in range(256)]
+    (folder / "tokenizer.model").write_text("\n".join(lines) + "\n")
+    ids = {token: 256 + i for i, token in enumerate(GLM4_SPECIALS)}
+    added = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                      "special": True} for t, i in ids.items()}  # fmt: skip
+    tokenizer_config = {"auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLM4Tokenizer", None]},
+                        "tokenizer_class": "ChatGLM4Tokenizer", "added_tokens_decoder": added,
+                        "additional_special_tokens": GLM4_SPECIALS, "eos_token": "<|endoftext|>",
+                        "pad_token": "<|endoftext|>", "padding_side": "left"}  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]
+    return 256 + len(GLM4_SPECIALS), ids["<|endoftext|>"], eos
+
+
 def make_thudm_chatglm(folder: Path, generation: int, seed: int = 0) -> Path:
     """A tiny checkpoint whose remote code uses the old transformers APIs of THUDM's ChatGLM-6B
-    (`generation=1`), ChatGLM2-6B (2) or ChatGLM3-6B (3); see the module docstring."""
+    (`generation=1`), ChatGLM2-6B (2), ChatGLM3-6B (3) or GLM-4-9B-chat (4: its first published
+    code, with `chat` / `stream_chat(..., role=...)` over the tiktoken tokenizer's own
+    `apply_chat_template`); see the module docstring."""
     import torch
     from safetensors.torch import save_file
 
-    assert generation in (1, 2, 3)
+    assert generation in (1, 2, 3, 4)
     folder.mkdir(parents=True, exist_ok=True)
-    pieces = THUDM_SPECIALS + _THUDM_CHARS
-    (folder / "pieces.json").write_text(json.dumps(pieces, ensure_ascii=False))
     (folder / "configuration_chatglm.py").write_text(_THUDM_CONFIGURATION)
-    init_body = _INIT_VOCAB_AFTER if generation == 1 else _INIT_VOCAB_FIRST
-    tokenization = _THUDM_TOKENIZATION.format(generation=generation, num_specials=len(THUDM_SPECIALS),
-                                              init_body=init_body)  # fmt: skip
-    (folder / "tokenization_chatglm.py").write_text(tokenization)
-    extract_past = _EXTRACT_PAST_OLD if generation == 1 else _EXTRACT_PAST_NEW
-    (folder / "modeling_chatglm.py").write_text(_THUDM_MODELING.format(generation=generation, extract_past=extract_past))
-    hidden, layers, vocab, seq = 32, 2, len(pieces), 256
+    if generation == 4:
+        vocab, pad, eos = _write_glm4_vocabulary(folder)
+        (folder / "tokenization_chatglm.py").write_text(_THUDM4_TOKENIZATION)
+    else:
+        pieces = THUDM_SPECIALS + _THUDM_CHARS
+        vocab, pad, eos = len(pieces), 0, 2
+        (folder / "pieces.json").write_text(json.dumps(pieces, ensure_ascii=False))
+        init_body = _INIT_VOCAB_AFTER if generation == 1 else _INIT_VOCAB_FIRST
+        tokenization = _THUDM_TOKENIZATION.format(generation=generation, num_specials=len(THUDM_SPECIALS),
+                                                  init_body=init_body)  # fmt: skip
+        (folder / "tokenization_chatglm.py").write_text(tokenization)
+    # GLM-4-9B-chat's first code keeps the one-value form (ChatGLM3's was updated for transformers 4.42)
+    extract_past = _EXTRACT_PAST_NEW if generation in (2, 3) else _EXTRACT_PAST_OLD
+    role = generation == 4  # GLM-4-9B-chat's chat / stream_chat take the new message's role
+    modeling = _THUDM_MODELING.format(generation=generation, extract_past=extract_past,
+                                      role_param=' role="user",' if role else "",
+                                      role_arg=", role=role" if role else "")  # fmt: skip
+    (folder / "modeling_chatglm.py").write_text(modeling)
+    hidden, layers, seq = 32, 2, 256
     auto_model = "modeling_chatglm.ChatGLMForConditionalGeneration"
     config = {
         "model_type": "chatglm", "architectures": ["ChatGLMModel"],
         "auto_map": {"AutoConfig": "configuration_chatglm.ChatGLMConfig", "AutoModel": auto_model,
                      "AutoModelForCausalLM": auto_model, "AutoModelForSeq2SeqLM": auto_model},
         "vocab_size": vocab, "hidden_size": hidden, "num_layers": layers, "seq_length": seq,
-        "eos_token_id": 2, "bos_token_id": 1, "pad_token_id": 0, "use_cache": True, "torch_dtype": "float32",
+        "eos_token_id": eos, "bos_token_id": 1, "pad_token_id": pad, "use_cache": True, "torch_dtype": "float32",
     }  # fmt: skip
     if generation == 1:
         config["max_sequence_length"] = seq
     (folder / "config.json").write_text(json.dumps(config))
-    tokenizer_config = {"auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
-                        "tokenizer_class": "ChatGLMTokenizer", "padding_side": "left"}  # fmt: skip
-    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    if generation != 4:
+        tokenizer_config = {"auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
+                            "tokenizer_class": "ChatGLMTokenizer", "padding_side": "left"}  # fmt: skip
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     torch.manual_seed(seed)
     weights = {"embedding.weight": torch.randn(vocab, hidden), "position.weight": torch.randn(seq, hidden) * 0.1,
                "output_layer.weight": torch.randn(vocab, hidden) * 0.5}  # fmt: skip

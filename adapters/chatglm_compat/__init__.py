@@ -15,6 +15,12 @@ own code get here (`is_chatglm_remote_code`); the patches are recorded on each c
 The releases named are where the change landed as far as could be told without transformers'
 history at hand (4.50 for GenerationMixin is stated by transformers 5.24's own code); every break
 is verified against the transformers this project runs (5.24) by tests/unit/test_chatglm_compat.py.
+
+GLM-4-9B-chat's first published code (tiktoken `ChatGLM4Tokenizer` with its own
+`apply_chat_template`; `chat` / `stream_chat(..., role=...)`) has since been tried: it breaks on
+the same APIs as ChatGLM3 (batch_encode_plus, `_pad`'s padding_side, config.max_length, no
+post_init, the one-value `_extract_past_from_model_output`, generate's default cache) and needs no
+fix of its own; its later code without `stream_chat` is refused by adapters/chatglm.py.
 """
 
 from __future__ import annotations

@@ -144,8 +144,8 @@ def test_minilm_puts_similar_sentences_closer(client, env, workdir, redis_server
 @pytest.fixture(scope="module")
 def thudm_stack(workdir, redis_server, tmp_path_factory) -> Iterator[tuple[openai.OpenAI, dict[str, Path]]]:
     from tests.integration.processes import Gateway, stack_env
-    from tests.tiny_thudm_chatglm import make_thudm_chatglm
     from tests.tiny_models import write_models_file
+    from tests.tiny_thudm_chatglm import make_thudm_chatglm
 
     root = tmp_path_factory.mktemp("thudm")
     folders = {f"thudm-chatglm{g}": make_thudm_chatglm(root / f"thudm{g}-served", g) for g in (1, 3)}

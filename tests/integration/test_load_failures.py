@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import torch
 import openai
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from protocol import failures_key, live_workers_key

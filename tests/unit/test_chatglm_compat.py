@@ -240,3 +240,113 @@ def test_the_adapter_serves_thudm_style_checkpoints(tmp_path: Path, generation: 
     expected, _ = adapter.model.chat(adapter.tokenizer, query, history=history, do_sample=False, max_length=200)
     assert sink.text and expected.startswith(sink.text)  # what the model's own chat() answers
     assert sink.finished.finish_reason in ("length", "stop")
+    if generation == 3:  # the prompt counted is the one its code builds, special tokens as tokens
+        own = adapter.tokenizer.build_chat_input(query, history=history, role="user")["input_ids"][0].tolist()
+        assert adapter.prompt_ids(_job(messages=messages)) == own
+
+
+# -- GLM-4-9B-chat's first published code (generation 4 of the imitation) ---------------------------
+# Its remote code needs no fix of its own: the same APIs break as in ChatGLM3 (its tiktoken
+# tokenizer's own apply_chat_template calls batch_encode_plus; _pad; config.max_length; no
+# post_init; the one-value _extract_past_from_model_output), and the layer mends them.  What it
+# needs from the adapter: message history (its stream_chat takes a `role`; its tokenizer has no
+# build_chat_input) and the glm4 prompt format.
+
+GLM4_HISTORY = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
+def _glm4_checkpoint(tmp_path: Path) -> Path:
+    # seed 2: the byte-level imitation answers in whole characters and does not stop at once
+    return make_thudm_chatglm(tmp_path / f"thudm4-{uuid.uuid4().hex[:10]}", 4, seed=2)
+
+
+def test_glm4_9b_style_breaks_on_plain_transformers(tmp_path: Path) -> None:
+    folder = _glm4_checkpoint(tmp_path)
+    tokenizer = _plain_load(folder, "tokenizer")
+    with pytest.raises(AttributeError, match="batch_encode_plus"):
+        tokenizer.apply_chat_template(GLM4_HISTORY, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'padding_side'"):
+        tokenizer(["hello"], return_tensors="pt")
+    with pytest.raises(AttributeError, match="no attribute 'max_length'"):
+        _plain_load(folder, "model")
+
+
+def _run_glm4(folder: Path, classes: dict[str, type], direct: bool = False) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    model = classes["model"].from_pretrained(folder) if direct else _plain_load(folder, "model")
+    assert list(model.stream_chat(tokenizer, QUESTION, history=list(GLM4_HISTORY), max_length=100, do_sample=False))
+    model.chat(tokenizer, QUESTION, history=list(GLM4_HISTORY), max_length=100, do_sample=False)
+
+
+GLM4_ABLATIONS = [
+    ("keep_generation_fields_on_config", AttributeError, "no attribute 'max_length'"),
+    ("accept_padding_side_in_pad", TypeError, "unexpected keyword argument 'padding_side'"),
+    ("restore_batch_encode_plus", AttributeError, "batch_encode_plus"),
+    ("call_post_init", AttributeError, "all_tied_weights_keys"),
+    ("restore_extract_past_from_model_output", AttributeError, "_extract_past_from_model_output"),
+    ("keep_legacy_kv_cache_in_generate", AttributeError, "num_hidden_layers"),
+]
+
+
+@pytest.mark.parametrize("skip,error,message", GLM4_ABLATIONS, ids=[a[0] for a in GLM4_ABLATIONS])
+def test_each_fix_mends_its_glm4_9b_break(tmp_path: Path, skip: str, error: type, message: str) -> None:
+    folder = _glm4_checkpoint(tmp_path)
+    classes = _patch_all_but(folder, skip)
+    with pytest.raises(error, match=message):
+        _run_glm4(folder, classes)
+
+
+def test_with_the_layer_glm4_9b_style_stream_chat_and_chat_answer(tmp_path: Path) -> None:
+    tokenizer, model, fixes = compat.load_chatglm(_glm4_checkpoint(tmp_path))
+    assert "defer_special_tokens_until_vocab_exists" not in fixes["tokenizer"]  # its vocabulary comes first
+    assert {"restore_batch_encode_plus", "accept_padding_side_in_pad"} <= set(fixes["tokenizer"])
+    assert {"call_post_init", "restore_extract_past_from_model_output"} <= set(fixes["model"])
+    ids = tokenizer.apply_chat_template(GLM4_HISTORY, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    user, assistant, sop = tokenizer.convert_tokens_to_ids(["<|user|>", "<|assistant|>", "<sop>"])
+    assert ids["input_ids"][0, :3].tolist() == [tokenizer.convert_tokens_to_ids("[gMASK]"), sop, user]
+    assert ids["input_ids"][0, -1].item() == assistant and ids["position_ids"].shape == ids["input_ids"].shape
+    history = list(GLM4_HISTORY)
+    streamed = [r for r, _ in model.stream_chat(tokenizer, QUESTION, history=history, max_length=90, do_sample=False)]
+    assert len(streamed) > 1 and all(b.startswith(a) for a, b in zip(streamed, streamed[1:]))
+    answer, new_history = model.chat(tokenizer, QUESTION, history=history, max_length=90, do_sample=False)
+    assert answer == streamed[-1] and answer  # generate() and the model's own loop agree
+    assert new_history[-1]["role"] == "assistant" and len(new_history) == len(history) + 2
+
+
+def test_the_adapter_serves_glm4_9b_style_checkpoints(tmp_path: Path, make_engine) -> None:
+    folder = _glm4_checkpoint(tmp_path)
+    spec = ModelSpec(name="glm4", path=folder, trust_remote_code=True, device="cpu")
+    adapter = adapter_for(spec)(spec, tmp_path / "cache")
+    assert isinstance(adapter, ChatGLMAdapter)
+    adapter.load()
+    assert adapter.history_style == "messages" and adapter.template.name == "glm4"
+    messages = (ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi"),
+                ChatMessage(role="assistant", content="Hello"), ChatMessage(role="user", content=QUESTION))  # fmt: skip
+    query, history = adapter.conversation(_job(messages=messages))
+    assert history[0] == {"role": "system", "content": "Be brief."} and query == QUESTION
+    # the prompt counted is the one the model's code builds
+    own = adapter.tokenizer.apply_chat_template([*history, {"role": "user", "content": query}],
+                                                add_generation_prompt=True)[0]  # fmt: skip
+    assert adapter.prompt_ids(_job(messages=messages)) == list(own)
+    engine = make_engine(adapter, cls=SerialEngine)
+    sink = _serve(engine, _job(messages=messages, params=SamplingParams(temperature=0.0, max_tokens=12)))
+    expected, _ = adapter.model.chat(adapter.tokenizer, query, history=history, do_sample=False, max_length=200)
+    assert sink.text and expected.startswith(sink.text)  # what the model's own chat() answers
+    assert sink.finished.finish_reason in ("length", "stop")
+
+
+def test_the_adapter_refuses_glm4_code_without_stream_chat(tmp_path: Path) -> None:
+    """GLM-4-9B-chat's later code has no chat()/stream_chat() (generate() and the chat template):
+    refused with a pointer to the converter (not this imitation's case: its weights are not
+    THUDM's) or a native checkpoint, rather than served wrongly."""
+    from adapters.base import ModelLoadError
+
+    folder = _glm4_checkpoint(tmp_path)
+    modeling = folder / "modeling_chatglm.py"
+    modeling.write_text(modeling.read_text().replace("def stream_chat(", "def _gone_stream_chat("))
+    spec = ModelSpec(name="glm4", path=folder, trust_remote_code=True, device="cpu")
+    adapter = adapter_for(spec)(spec, tmp_path / "cache")
+    with pytest.raises(ModelLoadError, match="no stream_chat\\(\\).*hf-causal"):
+        adapter.load()

@@ -75,7 +75,7 @@ def half_broken(failing_env, workdir, redis_server) -> Iterator[Worker]:
 
 
 def test_a_worker_keeps_its_other_models_and_says_which_failed(half_broken, gateway, client: openai.OpenAI,
-                                                                failing_env) -> None:  # fmt: skip
+                                                                failing_env, celery_control) -> None:  # fmt: skip
     log = half_broken.log_tail(20_000)
     assert "model broken-glm failed to load: TypeError: 'property' object" in log
     assert log.count("failed to load: TypeError") == 1, "reported once"
@@ -98,6 +98,10 @@ def test_a_worker_keeps_its_other_models_and_says_which_failed(half_broken, gate
     shown = subprocess.run([str(BIN / "queuechat"), "models"], env=failing_env, capture_output=True, text=True,
                            timeout=60, check=True).stdout  # fmt: skip
     assert f"broken-glm failed to load on {half_broken.name}: TypeError" in shown
+
+    stats = celery_control.inspect(destination=[half_broken.name], timeout=5).stats()  # Flower's Stats tab
+    mine = stats[half_broken.name]["queuechat"]
+    assert mine["serving"] == ["fine-echo"] and "TypeError" in mine["failed_to_load"]["broken-glm"]
 
 
 def test_a_worker_left_with_no_model_exits_non_zero(failing_env, workdir) -> None:

@@ -39,6 +39,7 @@ from protocol.jobs import (
 )
 from protocol.models_file import ModelsFile, ModelsFileError, ModelSpec, SamplingDefaults, load_models_file
 from protocol.names import (
+    EVENT_LOG_MAX_EVENTS,
     KEY_PREFIX,
     MODELS_SEEN_KEY,
     PERMANENT_KEY_PREFIXES,
@@ -47,8 +48,10 @@ from protocol.names import (
     cancel_key_for,
     cards_key,
     channel_for,
+    event_log_key,
     failures_key,
     live_workers_key,
+    log_entry_id,
     slots_key,
     stats_key,
 )
@@ -68,6 +71,7 @@ __all__ = [
     "FINAL_EVENTS",
     "GENERATES",
     "GenerateJob",
+    "EVENT_LOG_MAX_EVENTS",
     "KEY_PREFIX",
     "KeepAliveEvent",
     "MODELS_SEEN_KEY",
@@ -96,10 +100,12 @@ __all__ = [
     "cancel_key_for",
     "cards_key",
     "channel_for",
+    "event_log_key",
     "failures_key",
     "decode_event",
     "encode_event",
     "live_workers_key",
+    "log_entry_id",
     "load_models_file",
     "slots_key",
     "stats_key",

@@ -21,6 +21,21 @@ def cancel_key_for(request_id: str) -> str:
     return f"{KEY_PREFIX}cancel:{request_id}"
 
 
+def event_log_key(request_id: str) -> str:
+    """A Redis Stream holding every event of one request (besides its live pub/sub channel), for
+    replay: entry id `log_entry_id(seq)`, capped at EVENT_LOG_MAX_EVENTS, expiring after the
+    result TTL."""
+    return f"{KEY_PREFIX}log:{request_id}"
+
+
+EVENT_LOG_MAX_EVENTS = 100_000  # a request's log keeps its newest events up to this many
+
+
+def log_entry_id(seq: int) -> str:
+    """The stream entry id of the event numbered `seq` ("<seq>-1": ids must exceed 0-0)."""
+    return f"{seq}-1"
+
+
 def live_workers_key(model: str) -> str:
     """Sorted set of worker ids serving `model`, scored by their last heartbeat (unix time)."""
     return f"{KEY_PREFIX}live:{model}"

@@ -1,4 +1,6 @@
-"""Publishes one request's events, numbered from 0, on its pub/sub channel.
+"""Publishes one request's events, numbered from 0, on its pub/sub channel, and appends each to
+the request's event log (a Redis Stream, entry id = sequence number) in the same round trip:
+pub/sub is the live path, the log is for replay.
 
 Events are published at once, or, once a request is in the engine, collected in an `Outbox`
 and sent with every other request's events of the same decode step in one round trip.  An error
@@ -24,25 +26,31 @@ from protocol import (
     TokenEvent,
     TokenLogprob,
     Usage,
+    EVENT_LOG_MAX_EVENTS,
+    FINAL_EVENTS,
     channel_for,
     encode_event,
+    event_log_key,
+    log_entry_id,
 )
 
 log = logging.getLogger(__name__)
 
+RENEW_EVERY = 64  # events between renewals of a log's expiry (far below any TTL's worth of events)
+
 
 class Outbox:
-    """PUBLISH commands gathered during one decode step, sent together by `flush()`."""
+    """Events gathered during one decode step, sent together by `flush()`."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._lock = threading.Lock()
         self._sending = threading.Lock()  # one flush at a time: a request's events stay in order
-        self._pending: list[tuple[str, bytes, EventPublisher]] = []
+        self._pending: list[tuple[int, bytes, EventPublisher, bool]] = []
 
-    def put(self, channel: str, data: bytes, sender: EventPublisher) -> None:
+    def put(self, seq: int, data: bytes, sender: EventPublisher, final: bool = False) -> None:
         with self._lock:
-            self._pending.append((channel, data, sender))
+            self._pending.append((seq, data, sender, final))
 
     def flush(self) -> None:
         with self._sending:
@@ -54,22 +62,27 @@ class Outbox:
         if not pending:
             return
         pipe = self._client.pipeline(transaction=False)
-        for channel, data, _ in pending:
-            pipe.publish(channel, data)
+        published = []  # where each event's PUBLISH reply is
+        for seq, data, sender, final in pending:
+            published.append(len(pipe))
+            sender.send(pipe, seq, data, final)
         try:
-            receivers = pipe.execute()
+            replies = pipe.execute()
         except redis.RedisError as exc:  # the gateway notices the silence and reports it
             log.warning("could not publish %d events: %s", len(pending), exc)
             return
-        for (_, _, sender), count in zip(pending, receivers):
-            if count == 0:  # the gateway subscribed before sending: nobody listens any more
+        for (_, _, sender, _), at in zip(pending, published):
+            if replies[at] == 0:  # the gateway subscribed before sending: nobody listens any more
                 sender.orphaned = True
 
 
 class EventPublisher:
-    def __init__(self, client: redis.Redis, request_id: str) -> None:
+    def __init__(self, client: redis.Redis, request_id: str, log_ttl: int | None = 3600) -> None:
+        """`log_ttl`: seconds the request's event log lives after its last event; None: no log."""
         self._client = client
         self._channel = channel_for(request_id)
+        self._log = event_log_key(request_id)
+        self._log_ttl = log_ttl
         self._outbox: Outbox | None = None
         self._seq = 0
         self.finished = False
@@ -83,10 +96,23 @@ class EventPublisher:
     def _publish(self, make: type[Event], **fields: object) -> None:
         event = make(seq=self._seq, **fields)
         self._seq += 1
+        final = isinstance(event, FINAL_EVENTS)
         if self._outbox is not None:
-            self._outbox.put(self._channel, encode_event(event), self)
+            self._outbox.put(event.seq, encode_event(event), self, final)
         else:
-            self._client.publish(self._channel, encode_event(event))
+            pipe = self._client.pipeline(transaction=False)
+            self.send(pipe, event.seq, encode_event(event), final)
+            pipe.execute()
+
+    def send(self, pipe: redis.client.Pipeline, seq: int, data: bytes, final: bool = False) -> None:
+        """Queue on `pipe`: PUBLISH the event, then append it to the request's log.  The log's
+        expiry is set with the first event, renewed every RENEW_EVERY events and with the last:
+        a log never lives on without one, and most events cost one command more, not two."""
+        pipe.publish(self._channel, data)
+        if self._log_ttl is not None:
+            pipe.xadd(self._log, {"event": data}, id=log_entry_id(seq), maxlen=EVENT_LOG_MAX_EVENTS, approximate=True)
+            if final or seq % RENEW_EVERY == 0:
+                pipe.expire(self._log, self._log_ttl)
 
     def start(self, worker: str, prompt_tokens: int) -> None:
         self._publish(StartEvent, worker=worker, prompt_tokens=prompt_tokens)

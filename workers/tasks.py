@@ -34,7 +34,7 @@ def embed(self: Any, payload: dict[str, Any]) -> None:
 
 
 def run_embed_job(state: WorkerState, payload: dict[str, Any]) -> None:
-    with _error_boundary(state, payload, "input") as publisher:
+    with _error_boundary(state, payload, "input", logged=False) as publisher:  # vectors: no replay log
         job = EmbedJob.model_validate(payload)
         if job.expired or state.redis.exists(cancel_key_for(job.request_id)):
             publisher.error("expired", "the request expired before a worker was free")
@@ -67,10 +67,10 @@ def _engine_that_can(state: WorkerState, model: str, capability: Capability, pub
 
 
 @contextmanager
-def _error_boundary(state: WorkerState, payload: Any, param: str) -> Iterator[EventPublisher]:
+def _error_boundary(state: WorkerState, payload: Any, param: str, logged: bool = True) -> Iterator[EventPublisher]:
     """The one place a task's failures become error events (or log lines, when Redis is gone)."""
     request_id = str(payload.get("request_id", "")) if isinstance(payload, dict) else ""
-    publisher = EventPublisher(state.redis, request_id)
+    publisher = EventPublisher(state.redis, request_id, log_ttl=state.settings.result_ttl if logged else None)
     try:
         yield publisher
     except ValidationError as exc:

@@ -25,7 +25,10 @@ from protocol import (
 )
 from workers.contract import EmbedEngine, Engine, GenerationEngine
 from workers.engines import ENGINES, pool_slots
+from workers.settings import WorkerSettings
 from workers.tasks import run_embed_job, run_job
+
+SETTINGS = WorkerSettings(result_ttl=60)
 
 
 def members(protocol: type) -> set[str]:
@@ -63,7 +66,7 @@ def _error_for(job: GenerateJob | EmbedJob, engine: object) -> ErrorEvent:
     subscriber = client.pubsub()
     subscriber.subscribe(channel_for(job.request_id))
     subscriber.get_message(timeout=1)  # the subscription's confirmation
-    state = SimpleNamespace(redis=client, engines={job.model: engine}, worker_id="w1", outbox=None)
+    state = SimpleNamespace(redis=client, engines={job.model: engine}, worker_id="w1", outbox=None, settings=SETTINGS)
     (run_embed_job if isinstance(job, EmbedJob) else run_job)(state, job.model_dump(mode="json"))
     message = subscriber.get_message(timeout=1)
     assert message is not None, "the worker answered nothing"
@@ -92,6 +95,6 @@ def test_a_model_the_worker_does_not_serve_is_model_not_found() -> None:
     subscriber = client.pubsub()
     subscriber.subscribe(channel_for(job.request_id))
     subscriber.get_message(timeout=1)
-    run_job(SimpleNamespace(redis=client, engines={}, worker_id="w1", outbox=None), job.model_dump(mode="json"))
+    run_job(SimpleNamespace(redis=client, engines={}, worker_id="w1", outbox=None, settings=SETTINGS), job.model_dump(mode="json"))
     event = decode_event(subscriber.get_message(timeout=1)["data"])
     assert isinstance(event, ErrorEvent) and event.code == "model_not_found"

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import struct
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
+
+from adapters.glm_weights import read_json
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def convert_tokenizer(src: Path, dst: Path, family: str) -> tuple[str, list[str]
     """Write dst's tokenizer; returns ("fast" | "remote-code" | "none", notes)."""
     if not (src / "tokenizer.model").is_file():
         return "none", [f"no tokenizer.model in {src}"]
-    source_config = _read_json(src / "tokenizer_config.json")
+    source_config = read_json(src / "tokenizer_config.json")
     try:
         tokenizer = build_fast(src, family)
         bad = mismatches(tokenizer, src, family)
@@ -184,89 +184,11 @@ def _copy_remote(src: Path, dst: Path, family: str, source_config: dict[str, Any
     return "remote-code"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def parse_spm(data: bytes) -> Any:
+    """A tokenizer.model as SentencePiece's own ModelProto (pieces, trainer_spec, normalizer_spec),
+    read with the protobuf classes the sentencepiece package ships."""
+    from sentencepiece import sentencepiece_model_pb2
 
-
-# --- a minimal reader of SentencePiece's ModelProto (protobuf wire format), so that the
-# conversion needs no protobuf package: only the fields transformers' SpmConverter reads.
-
-
-def _fields(data: bytes) -> list[tuple[int, Any]]:
-    out, i = [], 0
-    while i < len(data):
-        key, i = _varint(data, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(data, i)
-        elif wire == 1:
-            value, i = data[i : i + 8], i + 8
-        elif wire == 2:
-            length, i = _varint(data, i)
-            value, i = data[i : i + length], i + length
-        elif wire == 5:
-            value, i = data[i : i + 4], i + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        out.append((number, value))
-    return out
-
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        byte = data[i]
-        i += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, i
-        shift += 7
-
-
-def parse_spm(data: bytes) -> SimpleNamespace:
-    """pieces (piece, score, type), trainer_spec (model_type, byte_fallback, unk_id, unk_piece) and
-    normalizer_spec (precompiled_charsmap, add_dummy_prefix, remove_extra_whitespaces,
-    escape_whitespaces) of a tokenizer.model, with protobuf's defaults for absent fields."""
-    pieces, trainer, normalizer = (
-        [],
-        SimpleNamespace(model_type=1, byte_fallback=False, unk_id=0, unk_piece="<unk>"),
-        None,
-    )
-    normalizer = SimpleNamespace(precompiled_charsmap=b"", add_dummy_prefix=True, remove_extra_whitespaces=True,
-                                 escape_whitespaces=True)  # fmt: skip
-    for number, value in _fields(data):
-        if number == 1:
-            piece = SimpleNamespace(piece="", score=0.0, type=1)
-            for n, v in _fields(value):
-                if n == 1:
-                    piece.piece = v.decode("utf-8")
-                elif n == 2:
-                    piece.score = struct.unpack("<f", v)[0]
-                elif n == 3:
-                    piece.type = v
-            pieces.append(piece)
-        elif number == 2:
-            for n, v in _fields(value):
-                if n == 3:
-                    trainer.model_type = v
-                elif n == 35:
-                    trainer.byte_fallback = bool(v)
-                elif n == 40:
-                    trainer.unk_id = v
-                elif n == 45:
-                    trainer.unk_piece = v.decode("utf-8")
-        elif number == 3:
-            for n, v in _fields(value):
-                if n == 2:
-                    normalizer.precompiled_charsmap = v
-                elif n == 3:
-                    normalizer.add_dummy_prefix = bool(v)
-                elif n == 4:
-                    normalizer.remove_extra_whitespaces = bool(v)
-                elif n == 5:
-                    normalizer.escape_whitespaces = bool(v)
-    return SimpleNamespace(pieces=pieces, trainer_spec=trainer, normalizer_spec=normalizer)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(data)
+    return proto

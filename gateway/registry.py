@@ -35,14 +35,14 @@ class Registry:
     async def live_workers(self, model: str) -> list[str]:
         since = await self._now() - self._ttl
         members = await self._redis.zrangebyscore(live_workers_key(model), since, "+inf")
-        return [m.decode() if isinstance(m, bytes) else m for m in members]
+        return [_text(m) for m in members]
 
     async def is_alive(self, model: str, worker: str) -> bool:
         score = await self._redis.zscore(live_workers_key(model), worker)
         return score is not None and score >= await self._now() - self._ttl
 
     async def known_models(self) -> list[str]:
-        announced = {m.decode() if isinstance(m, bytes) else m for m in await self._redis.smembers(MODELS_SEEN_KEY)}
+        announced = {_text(m) for m in await self._redis.smembers(MODELS_SEEN_KEY)}
         return sorted(announced | set(self._models.names))
 
     async def live_map(self) -> dict[str, list[str]]:
@@ -53,7 +53,7 @@ class Registry:
         for model in models:
             pipe.zrangebyscore(live_workers_key(model), since, "+inf")
         replies = await pipe.execute()
-        return {m: [w.decode() if isinstance(w, bytes) else w for w in ws] for m, ws in zip(models, replies)}
+        return {m: [_text(w) for w in ws] for m, ws in zip(models, replies)}
 
     async def live_models(self) -> list[str]:
         return [m for m, workers in (await self.live_map()).items() if workers]

@@ -1,7 +1,7 @@
 """A runtime guard: the test session fails if it reads a file beside the repository.
 
-The tests must run from a plain clone, so nothing they do may depend on a sibling folder such as
-`../shared`. `install()` adds an audit hook (sys.addaudithook) that watches the `open`,
+The tests must run from a plain clone, so nothing they do may depend on a sibling folder (the reference
+material kept next to the checkout). `install()` adds an audit hook (sys.addaudithook) that watches the `open`,
 `os.listdir` and `os.scandir` events and records every path that lies in a folder beside the
 repository: under the repository's parent, outside the repository itself. At the end of the session
 `pytest_sessionfinish` turns any such read into a failing exit status, and `pytest_terminal_summary`

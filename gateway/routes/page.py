@@ -6,6 +6,7 @@ the gateway wants API keys (a <script src> request could not send the key), and 
 maps onto files on disk.
 """
 
+from functools import cache
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -18,6 +19,7 @@ PAGE = STATIC / "chat.html"
 INLINED = ("markdown.js",)  # <script src="NAME"></script> in chat.html -> the file's text inline
 
 
+@cache  # the files ship with the package: read them once
 def render_page() -> str:
     html = PAGE.read_text(encoding="utf-8")
     for name in INLINED:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,14 +12,31 @@ from fastapi import FastAPI
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.errors import install_error_handlers
+from gateway.jobs import JobStore
+from gateway.keep import Detacher
 from gateway.metrics import HttpMetricsMiddleware, Metrics
 from gateway.registry import Registry
 from gateway.relay import Relay
-from gateway.routes import chat, completions, embeddings, health, models, page
+from gateway.routes import chat, completions, embeddings, health, models, page, responses, stored_chat
 from gateway.routes import metrics as metrics_route
 from gateway.security import GuardMiddleware
 from gateway.settings import GatewaySettings
 from protocol.models_file import load_models_file
+
+
+log = logging.getLogger(__name__)
+
+
+async def sweep_forever(store: JobStore, interval: float) -> None:
+    """Settle kept jobs whose worker died, even when nobody reads them (every gateway does this;
+    settling is idempotent)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if ended := await store.sweep():
+                log.warning("ended %d kept job(s) whose worker stopped or that never started", ended)
+        except Exception as exc:  # noqa: BLE001  (Redis away, say: try again next round)
+            log.warning("sweeping kept jobs failed: %s", exc)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -39,9 +58,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.relay = Relay(redis, celery, registry, settings.queue_timeout, settings.idle_timeout,
                                 max_queue=settings.max_queue, metrics=metrics,
                                 show_prompts=settings.show_prompts)  # fmt: skip
+        keeper = app.state.keeper = Detacher(JobStore(redis, registry, settings.result_ttl))
+        sweeper = asyncio.create_task(sweep_forever(keeper.store, settings.sweep_interval))
         try:
             yield
         finally:
+            sweeper.cancel()
+            await keeper.close()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await redis.aclose()
             await pool.disconnect()
             celery.close()
@@ -54,6 +78,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.add_middleware(GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes,
                        body_timeout=settings.body_timeout)  # fmt: skip
-    for module in (chat, completions, embeddings, models, health, metrics_route, page):
+    for module in (chat, stored_chat, completions, responses, embeddings, models, health, metrics_route, page):
         app.include_router(module.router)
     return app

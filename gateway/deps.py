@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.keep import Detacher
 from gateway.metrics import HttpLabels
 from gateway.registry import Registry
 from gateway.relay import Relay
@@ -24,6 +25,10 @@ def _registry(request: Request) -> Registry:
     return request.app.state.relay.registry
 
 
+def _keeper(request: Request) -> Detacher:
+    return request.app.state.keeper
+
+
 def _http_labels(request: Request) -> HttpLabels:
     return HttpLabels.of(request.scope)
 
@@ -33,3 +38,4 @@ SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
 HttpLabelsDep = Annotated[HttpLabels, Depends(_http_labels)]
 RelayDep = Annotated[Relay, Depends(_relay)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
+KeeperDep = Annotated[Detacher, Depends(_keeper)]  # kept jobs: their store (.store) and detach timers

@@ -107,6 +107,7 @@ _EVENT_ERRORS: dict[str, type[APIError]] = {
     "expired": ServiceUnavailable,
     "cancelled": ServiceUnavailable,
     "internal_error": InternalError,
+    "worker_lost": ServiceUnavailable,
 }
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import from_event
-from gateway.relay import ClientGone, EventStream, Relay
+from gateway.relay import ClientGone, EventStream, OnLeave, Relay
 from protocol import DoneEvent, ErrorEvent, Event, GenerateJob
+
+if TYPE_CHECKING:
+    from gateway.jobs import JobRecord
 
 
 class Choices:
@@ -23,23 +26,36 @@ class Choices:
         self._open = set(range(len(self._streams)))
 
     @classmethod
-    async def open(cls, relay: Relay, jobs: Sequence[GenerateJob], client_gone: ClientGone | None) -> Choices:
+    async def open(cls, relay: Relay, jobs: Sequence[GenerateJob], client_gone: ClientGone | None,
+                   on_leave: OnLeave | None = None) -> Choices:  # fmt: skip
         """Queue every job and wait for each one's first event: raise the first error any reports
         (a prompt that is too long gets its 400 before a stream starts)."""
         streams: list[EventStream] = []
         try:
             for job in jobs:
-                streams.append(await relay.submit(job, client_gone))
-            choices = cls(streams)
-            firsts = await asyncio.gather(*(anext(s) for s in streams))
+                streams.append(await relay.submit(job, client_gone, on_leave))
         except BaseException:
             await cls(streams).aclose()
             raise
+        return await cls(streams)._started()
+
+    @classmethod
+    async def attach(cls, relay: Relay, record: JobRecord, on_leave: OnLeave | None) -> Choices:
+        """The one choice of a kept job, replayed from its first event."""
+        stream = await relay.attach(record.request_id, record.model, on_leave)
+        return await cls([stream])._started()
+
+    async def _started(self) -> Choices:
+        try:
+            firsts = await asyncio.gather(*(anext(s) for s in self._streams))
+        except BaseException:
+            await self.aclose()
+            raise
         for first in firsts:
             if isinstance(first, ErrorEvent):
-                await choices.aclose()
+                await self.aclose()
                 raise from_event(first)
-        return choices
+        return self
 
     def stop_watching_client(self) -> None:
         """From here on the SSE response notices a client that leaves."""

@@ -1,5 +1,9 @@
 """The one path both generation endpoints take: queue the jobs, wait for their first events,
-then stream or collect.  The routes call `respond(relay, body.generation(settings), ...)`."""
+then stream or collect.  The routes call `respond(relay, body.generation(settings), ...)`.
+
+A kept generation (store, detach grace) also gets a job record first, its job an event log, and
+its stream numbered event ids: `resume` serves the same stream again, from any gateway.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,42 @@ from collections.abc import AsyncIterator
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
+from gateway.errors import InvalidRequest
 from gateway.fanout import Choices
-from gateway.relay import ClientGone, Relay
-from gateway.render import Envelope, collect, sse_stream
+from gateway.jobs import JobRecord, JobStore
+from gateway.keep import Detacher, Position, reply_of, sse_after
+from gateway.relay import ClientGone, OnLeave, Relay
+from gateway.render import Body, Envelope, collect, sse_events, sse_stream
 from gateway.reply import Generation
+from protocol import FINAL_EVENTS, Event
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def respond(relay: Relay, generation: Generation, client_gone: ClientGone | None = None) -> Response:
+async def respond(relay: Relay, generation: Generation, client_gone: ClientGone | None = None,
+                  keeper: Detacher | None = None) -> Response:  # fmt: skip
     """Queue the jobs and answer with SSE or JSON.
 
     The HTTP status is decided by the workers' first events (start or error), so a prompt that is
     too long gets a real 400 even when streaming was asked for.
     """
-    choices = await Choices.open(relay, generation.jobs, client_gone)
+    on_leave = None
+    if generation.keep is not None and keeper is not None:
+        generation, on_leave = await _kept(keeper, generation)
+    choices = await Choices.open(relay, generation.jobs, client_gone, on_leave)
     env = Envelope(id=generation.response_id, model=generation.model, fmt=generation.reply.fmt)
     headers = {"X-Request-Id": generation.response_id}
     count = len(generation.jobs)
     if generation.reply.stream:
         choices.stop_watching_client()  # from here sse-starlette notices a client that leaves
+        if count == 1:  # one event stream: every chunk gets a resumable id
+
+            async def numbered() -> AsyncIterator[bytes]:
+                async with choices:
+                    async for data in sse_after(sse_events(choices, env, generation.reply, 1), env.id):
+                        yield data
+
+            return EventSourceResponse(numbered(), sep="\n", headers=headers)
 
         async def stream() -> AsyncIterator[str]:
             async with choices:
@@ -36,3 +58,58 @@ async def respond(relay: Relay, generation: Generation, client_gone: ClientGone 
     async with choices:
         body = await collect(choices, env, generation.reply, count)
     return Response(body.to_json(), media_type="application/json", headers=headers)
+
+
+async def _kept(keeper: Detacher, generation: Generation) -> tuple[Generation, OnLeave]:
+    """Save the job record and give the job its log; what its readers do when they leave."""
+    assert generation.keep is not None
+    if len(generation.jobs) != 1:
+        raise InvalidRequest("'store' and detaching work for one choice at a time (n = 1, one prompt).", param="n")
+    store = keeper.store
+    job = generation.jobs[0].model_copy(update={"log_ttl": store.ttl})
+    record = generation.keep.record(generation.response_id, generation.reply.fmt.value, job.request_id, job.model,
+                                    job.expires_at, generation.reply)  # fmt: skip
+    await store.save(record)
+    kept = Generation(generation.response_id, (job,), generation.reply, generation.keep)
+    return kept, keeper.on_leave(record)
+
+
+async def resume(relay: Relay, keeper: Detacher, record: JobRecord, after: Position) -> Response:
+    """The numbered stream of a kept chat completion or completion again, past `after`: replayed
+    from its log, then live, then `[DONE]`."""
+    store = keeper.store
+    await store.settled(record)  # a job whose worker died ends here, not after the idle timeout
+    await store.attach(record.id, +1)
+    try:
+        choices = await Choices.attach(relay, record, keeper.on_leave(record))
+    except BaseException:
+        await store.attach(record.id, -1)
+        raise
+    reply = reply_of(record, stream=True)
+    env = Envelope(id=record.id, model=record.model, fmt=reply.fmt, created=record.created)
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            async with choices:
+                async for data in sse_after(sse_events(choices, env, reply, 1), record.id, after):
+                    yield data
+        finally:
+            await store.attach(record.id, -1)
+
+    return EventSourceResponse(stream(), sep="\n", headers={"X-Request-Id": record.id, **SSE_HEADERS})
+
+
+async def stored_completion(store: JobStore, record: JobRecord) -> Body | None:
+    """A kept completion's non-streamed body once it has finished (None before); raises the API
+    error it ended with."""
+    events = await store.settled(record)
+    if not events or not isinstance(events[-1], FINAL_EVENTS):
+        return None
+    reply = reply_of(record, stream=False)
+    env = Envelope(id=record.id, model=record.model, fmt=reply.fmt, created=record.created)
+
+    async def replay() -> AsyncIterator[tuple[int, Event]]:
+        for event in events:
+            yield 0, event
+
+    return await collect(replay(), env, reply, 1)

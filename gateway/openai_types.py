@@ -14,6 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.errors import InvalidRequest
+from gateway.jobs import metadata_of
+from gateway.keep import Keep
 from gateway.reply import Format, Generation, Reply
 from gateway.settings import GatewaySettings
 from gateway.tool_types import (
@@ -176,11 +178,17 @@ class _GenerationRequest(_Request):
     def check_limits(self, limits: GatewaySettings) -> None:
         """Raise InvalidRequest for what exceeds this server's limits."""
 
-    def generation(self, settings: GatewaySettings) -> Generation:
-        """Everything `respond` needs: checked against the server's limits, with a new response id."""
+    def generation(self, settings: GatewaySettings, detach_grace: float | None = None) -> Generation:
+        """Everything `respond` needs: checked against the server's limits, with a new response id.
+        `detach_grace`: seconds a client that drops the connection has to come back (a header's)."""
         self.check_limits(settings)
         response_id = f"{self._ID_PREFIX}-{uuid.uuid4().hex}"
-        return Generation(response_id, tuple(self.to_jobs(settings.queue_timeout, response_id)), self.reply())
+        jobs = tuple(self.to_jobs(settings.queue_timeout, response_id))
+        return Generation(response_id, jobs, self.reply(), self.keep(detach_grace))
+
+    def keep(self, detach_grace: float | None) -> Keep | None:
+        """How this request outlives its connection (None: it does not; it ends with it)."""
+        return Keep(grace=detach_grace) if detach_grace is not None else None
 
     def _jobs(self, response_id: str | None, queue_timeout: float, prompts: list[dict[str, Any]],
               params: SamplingParams) -> list[GenerateJob]:  # fmt: skip
@@ -230,6 +238,14 @@ class CreateChatCompletionRequest(_GenerationRequest):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None  # accepted; the model decides how many calls it writes
     response_format: ResponseFormat | None = None
+    store: bool | None = False  # kept (and retrievable with GET /v1/chat/completions/{id}) until its TTL
+    metadata: dict[str, str] | None = None
+
+    def keep(self, detach_grace: float | None) -> Keep | None:
+        if not self.store and detach_grace is None:
+            return None
+        request = {"messages": [m.model_dump(exclude_none=True) for m in self.messages]}
+        return Keep(stored=bool(self.store), grace=detach_grace, metadata=metadata_of(self.metadata), request=request)
 
     @model_validator(mode="after")
     def _consistent(self) -> CreateChatCompletionRequest:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from functools import partial
@@ -44,6 +44,8 @@ from protocol import (
     cancel_key_for,
     channel_for,
     decode_event,
+    event_log_key,
+    log_entry_id,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 _POLL_SECONDS = 1.0  # how often a silent wait re-checks the workers' heartbeats and the client
 
 ClientGone = Callable[[], Awaitable[bool]]
+OnLeave = Callable[[], Awaitable[None]]  # a kept job's reader left before the end (instead of cancelling)
 
 
 class Relay:
@@ -67,15 +70,17 @@ class Relay:
         self.queue_timeout = queue_timeout
         self.idle_timeout = idle_timeout
 
-    async def submit(self, job: GenerateJob | EmbedJob, client_gone: ClientGone | None = None) -> EventStream:
+    async def submit(self, job: GenerateJob | EmbedJob, client_gone: ClientGone | None = None,
+                     on_leave: OnLeave | None = None) -> EventStream:  # fmt: skip
         """Queue `job`; the returned stream yields its events.  Close it (async with) when done.
-        `client_gone` is asked while waiting: a client that left is not waited for."""
+        `client_gone` is asked while waiting: a client that left is not waited for.  A stream
+        closed before the end cancels the job, unless `on_leave` says what to do instead."""
         try:
             await self.registry.require_live(job.model, job.capability)
             await self._admit(job.model)  # counted in _sending until it is in the list
             try:
                 pubsub = self.redis.pubsub()
-                stream = EventStream(self, pubsub, job, client_gone)
+                stream = EventStream(self, pubsub, job.request_id, job.model, client_gone, on_leave=on_leave)
                 if self.metrics is not None:
                     stream.trace = self.metrics.trace(job.model, job.request_id)
                 try:
@@ -90,6 +95,39 @@ class Relay:
         except QUEUE_ERRORS as exc:
             await self.lost_redis(exc)
             raise queue_unavailable(exc) from exc
+        return stream
+
+    async def enqueue(self, job: GenerateJob) -> None:
+        """Queue a kept job that nobody listens to now (a background response): its events go to
+        its log, which anyone reads later."""
+        try:
+            await self.registry.require_live(job.model, job.capability)
+            await self._admit(job.model)
+            try:
+                await anyio.to_thread.run_sync(partial(self._send, job))
+            finally:
+                self._sending[job.model] -= 1
+        except QUEUE_ERRORS as exc:
+            await self.lost_redis(exc)
+            raise queue_unavailable(exc) from exc
+
+    async def attach(self, request_id: str, model: str, on_leave: OnLeave | None,
+                     client_gone: ClientGone | None = None) -> EventStream:  # fmt: skip
+        """The events of a kept job, from its first: replayed from its log, then live.  Subscribe
+        first, then read the log: an event missing from the log is published after the
+        subscription (workers log before they publish), so nothing falls between the two."""
+        pubsub = self.redis.pubsub()
+        stream = EventStream(self, pubsub, request_id, model, client_gone, on_leave=on_leave, logged=True)
+        try:
+            await pubsub.subscribe(channel_for(request_id))
+            await _confirmed(pubsub)
+            await stream.read_log()
+        except BaseException as exc:
+            await stream.aclose()
+            if isinstance(exc, QUEUE_ERRORS):
+                await self.lost_redis(exc)
+                raise queue_unavailable(exc) from exc
+            raise
         return stream
 
     async def lost_redis(self, exc: BaseException) -> None:
@@ -156,12 +194,17 @@ async def _confirmed(pubsub: PubSub) -> None:
 class EventStream:
     """The events of one request, checked for order, with timeouts and worker-liveness checks."""
 
-    def __init__(self, relay: Relay, pubsub: PubSub, job: GenerateJob, client_gone: ClientGone | None = None):
+    def __init__(self, relay: Relay, pubsub: PubSub, request_id: str, model: str, client_gone: ClientGone | None = None,
+                 *, on_leave: OnLeave | None = None, logged: bool = False) -> None:  # fmt: skip
         self._relay = relay
         self.client_gone = client_gone  # asked about once a second; None once SSE watches the client
         self._last_check = time.monotonic()
         self._pubsub = pubsub
-        self.job = job
+        self.request_id = request_id
+        self.model = model
+        self._on_leave = on_leave
+        self._logged = logged  # the job has an event log: gaps are filled from it
+        self._backlog: deque[Event] = deque()  # events read from the log, not yet yielded
         self._next_seq = 0
         self._worker: str | None = None
         self._finished = False
@@ -194,11 +237,23 @@ class EventStream:
         self._finished = isinstance(event, FINAL_EVENTS)
         return event
 
+    async def read_log(self, after: int = -1) -> None:
+        """Queue the logged events numbered above `after` (and above any already queued)."""
+        start = max(after, self._next_seq + len(self._backlog) - 1) + 1
+        entries = await self._relay.redis.xrange(event_log_key(self.request_id), min=log_entry_id(start))
+        self._backlog.extend(decode_event(fields[b"event"]) for _, fields in entries)
+
     async def _next_event(self) -> Event:
         """The next event that carries something: keep-alives only restart the idle timer."""
         while True:
             try:
-                event = await self._receive()
+                event = self._backlog.popleft() if self._backlog else await self._receive()
+                if self._logged and event.seq != self._next_seq and not self._backlog:
+                    if event.seq < self._next_seq:
+                        continue  # published live as well as read from the log
+                    await self.read_log(self._next_seq - 1)  # missed live: the log has it
+                    if self._backlog and self._backlog[0].seq == self._next_seq:
+                        continue
             except redis.exceptions.RedisError as exc:
                 await self._relay.lost_redis(exc)
                 raise ServiceUnavailable(f"Lost the connection to the queue: {exc}", code="queue_unavailable") from exc
@@ -235,7 +290,7 @@ class EventStream:
             raise ClientClosedRequest("The client closed the connection.")
 
     async def _check_workers(self) -> None:
-        registry, model = self._relay.registry, self.job.model
+        registry, model = self._relay.registry, self.model
         if self._worker is None:
             if not await registry.live_workers(model):
                 raise await registry.unavailable(model, "any more")
@@ -251,10 +306,12 @@ class EventStream:
         self._closed = True
         if self.trace is not None:
             self.trace.close()
-        request_id = self.job.request_id
+        request_id = self.request_id
         with anyio.CancelScope(shield=True):
             try:
-                if not self._finished:
+                if not self._finished and self._on_leave is not None:
+                    await self._on_leave()
+                elif not self._finished:
                     await self._relay.redis.set(cancel_key_for(request_id), 1, ex=int(self._relay.queue_timeout) + 60)
             except redis.exceptions.RedisError as exc:
                 log.warning("could not tell the worker to stop %s: %s", request_id, exc)

@@ -54,10 +54,12 @@ class ChoiceState:
     tools: ToolStreamFilter | None = None  # chat with tools offered: calls are parsed out of the text
 
 
-def choice_states(reply: Reply, count: int) -> list[ChoiceState]:
+def choice_states(reply: Reply, count: int, seed: str = "") -> list[ChoiceState]:
+    """`seed` (the response id) makes tool call ids a function of the response: rendered again
+    from the same events, a stream is the same."""
     prefixes = list(reply.prefixes) or [""] * count
     return [ChoiceState(index=i, prefix=prefixes[i], logprobs=reply.logprobs,
-                        tools=ToolStreamFilter(reply.tool_names) if reply.tool_names else None)
+                        tools=ToolStreamFilter(reply.tool_names, seed=f"{seed}:{i}") if reply.tool_names else None)
             for i in range(count)]  # fmt: skip
 
 
@@ -115,7 +117,7 @@ class Envelope:
         message = ChatCompletionResponseMessage(role="assistant", content=text, refusal=None)
         finish = choice.finish_reason or "stop"
         if choice.tools is not None:
-            content, calls = parse_tool_calls(text, choice.tools.names)
+            content, calls = parse_tool_calls(text, choice.tools.names, choice.tools.seed)
             if calls:
                 message.content = content
                 message.tool_calls = [ChatCompletionMessageToolCall.model_validate(call) for call in calls]
@@ -176,46 +178,57 @@ def total_usage(choices: Sequence[ChoiceState], n: int) -> Usage:
 async def sse_stream(events: AsyncIterable[tuple[int, Event]], env: Envelope, reply: Reply,
                      count: int) -> AsyncIterable[str]:  # fmt: skip
     """The `data:` payloads of a streamed response of `count` choices, ending with `[DONE]`."""
-    states = choice_states(reply, count)
+    async for _, payload in sse_events(events, env, reply, count):
+        yield payload
+
+
+async def sse_events(events: AsyncIterable[tuple[int, Event]], env: Envelope, reply: Reply,
+                     count: int) -> AsyncIterable[tuple[int, str]]:  # fmt: skip
+    """`(seq, payload)`: each payload of the stream with the number of the worker event that
+    produced it (the start event, 0, for the leading chunks; the last event's for the tail).
+    The payloads are a function of the events alone, so a replay of the same events renders the
+    same stream: what resuming relies on."""
+    states = choice_states(reply, count, env.id)
     texts = TextChunks(env)
+    seq = 0
     try:
         for state in states:  # chat: the role first; completions with echo: the prompt first
             if env.fmt is Format.CHAT:
-                yield env.wrap([env.delta(state, "", role=True)], chunk=True).to_json()
+                yield seq, env.wrap([env.delta(state, "", role=True)], chunk=True).to_json()
             elif state.prefix:
-                yield env.wrap([env.delta(state, state.prefix)], chunk=True).to_json()
+                yield seq, env.wrap([env.delta(state, state.prefix)], chunk=True).to_json()
         async for index, event in events:
-            state = states[index]
+            state, seq = states[index], event.seq
             if isinstance(event, TokenEvent):
                 text = state.tools.push(event.text) if state.tools else event.text
                 if event.logprobs:
-                    yield env.wrap([env.delta(state, text, entries=event.logprobs)], chunk=True).to_json()
+                    yield seq, env.wrap([env.delta(state, text, entries=event.logprobs)], chunk=True).to_json()
                 elif text:
-                    yield texts.render(state, text)
+                    yield seq, texts.render(state, text)
             elif isinstance(event, DoneEvent):
                 state.usage = event.usage
                 finish: str = event.finish_reason
                 if state.tools is not None:
                     if tail := state.tools.finish():
-                        yield env.wrap([env.delta(state, tail)], chunk=True).to_json()
+                        yield seq, env.wrap([env.delta(state, tail)], chunk=True).to_json()
                     if state.tools.calls:
-                        yield env.wrap([env.tool_call_delta(state)], chunk=True).to_json()
+                        yield seq, env.wrap([env.tool_call_delta(state)], chunk=True).to_json()
                         finish = "tool_calls"
-                yield env.wrap([env.delta(state, None, finish)], chunk=True).to_json()
+                yield seq, env.wrap([env.delta(state, None, finish)], chunk=True).to_json()
             elif isinstance(event, ErrorEvent):
-                yield from_event(event).to_json()
+                yield seq, from_event(event).to_json()
                 break
         else:
             if reply.include_usage:
-                yield env.wrap([], chunk=True, usage=total_usage(states, reply.n)).to_json()
+                yield seq, env.wrap([], chunk=True, usage=total_usage(states, reply.n)).to_json()
     except APIError as exc:
-        yield exc.to_json()
-    yield "[DONE]"
+        yield seq, exc.to_json()
+    yield seq, "[DONE]"
 
 
 async def collect(events: AsyncIterable[tuple[int, Event]], env: Envelope, reply: Reply, count: int) -> Body:
     """The whole response of `count` choices as one body; raises the APIError a worker reported."""
-    states = choice_states(reply, count)
+    states = choice_states(reply, count, env.id)
     async for index, event in events:
         state = states[index]
         if isinstance(event, TokenEvent):

@@ -6,8 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from protocol import GenerateJob
+
+if TYPE_CHECKING:
+    from gateway.keep import Keep
 
 
 class Format(Enum):
@@ -30,11 +34,13 @@ class Reply:
 
 @dataclass(frozen=True)
 class Generation:
-    """A response to produce: its id (also the X-Request-Id), one job per choice, the reply."""
+    """A response to produce: its id (also the X-Request-Id), one job per choice, the reply,
+    and whether it is kept past its connection."""
 
     response_id: str
     jobs: tuple[GenerateJob, ...]
     reply: Reply
+    keep: Keep | None = None  # outlives its connection (store, detach grace)
 
     @property
     def model(self) -> str:

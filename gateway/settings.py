@@ -21,6 +21,8 @@ class GatewaySettings(QueueSettings):
         4096, ge=16, description="each in-flight request holds one (its pub/sub subscription)"
     )
 
+    sweep_interval: float = Field(5.0, gt=0, description="seconds between checks of kept jobs whose worker may have died")
+
     show_prompts: bool = Field(False, description="put the start of each prompt in task arguments (Flower, logs)")
 
     # Security and limits

@@ -4,6 +4,7 @@ one bare JSON object naming a declared function (Llama-3.1 style)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -15,21 +16,29 @@ from protocol import TOOL_CALL_OPEN as OPEN
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
-def _call(obj: Any, names: frozenset[str]) -> dict[str, Any] | None:
+def _call(obj: Any, names: frozenset[str], call_id: str) -> dict[str, Any] | None:
     if not isinstance(obj, dict) or obj.get("name") not in names:
         return None
     arguments = obj.get("arguments", obj.get("parameters", {}))
     text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": obj["name"], "arguments": text}}
+    return {"id": call_id, "type": "function", "function": {"name": obj["name"], "arguments": text}}
 
 
-def parse_tool_calls(text: str, names: frozenset[str]) -> tuple[str | None, list[dict[str, Any]]]:
+def call_id(seed: str, k: int) -> str:
+    """The id of the k-th call in a reply: derived from `seed` (a response's id, so rendering the
+    same events again gives the same ids) or random without one."""
+    if not seed:
+        return f"call_{uuid.uuid4().hex[:24]}"
+    return f"call_{hashlib.sha256(f'{seed}:{k}'.encode()).hexdigest()[:24]}"
+
+
+def parse_tool_calls(text: str, names: frozenset[str], seed: str = "") -> tuple[str | None, list[dict[str, Any]]]:
     """(content without the calls, or None when nothing else was said; the tool calls)."""
     calls: list[dict[str, Any]] = []
     if OPEN in text:
         for body in _BLOCK.findall(text):
             try:
-                call = _call(json.loads(body), names)
+                call = _call(json.loads(body), names, call_id(seed, len(calls)))
             except ValueError:
                 call = None
             if call:
@@ -40,7 +49,7 @@ def parse_tool_calls(text: str, names: frozenset[str]) -> tuple[str | None, list
     stripped = text.strip()
     if stripped.startswith("{"):
         try:
-            call = _call(json.loads(stripped), names)
+            call = _call(json.loads(stripped), names, call_id(seed, 0))
         except ValueError:
             call = None
         if call:
@@ -54,6 +63,7 @@ class ToolStreamFilter:
     end, so call syntax never reaches the client as text."""
 
     names: frozenset[str]
+    seed: str = ""  # for the calls' ids (see call_id)
     text: str = ""
     emitted: int = 0
     calls: list[dict[str, Any]] = field(default_factory=list)
@@ -73,7 +83,7 @@ class ToolStreamFilter:
     def finish(self) -> str:
         """The held text that turned out to be content; fills `calls`."""
         held = self.text[self.emitted :]
-        content, self.calls = parse_tool_calls(held, self.names)
+        content, self.calls = parse_tool_calls(held, self.names, self.seed)
         if self.calls:
             return content or ""
         return held

@@ -88,6 +88,7 @@ ErrorCode = Literal[
     "expired",
     "cancelled",
     "internal_error",
+    "worker_lost",  # written into a kept job's log by a gateway that found its worker dead
 ]
 
 

@@ -100,6 +100,14 @@ class GenerateJob(WireModel):
     tools: tuple[dict[str, Any], ...] | None = Field(None, description="OpenAI function definitions (name, description, parameters)")
     tool_choice: str | None = Field(None, description="auto, required, or the name of the function to call")
     expires_at: float = Field(description="unix time after which the work is worthless")
+    log_ttl: int | None = Field(None, ge=1, description="a kept job: its events also go to its replay log, which "
+                                "lives this many seconds after the last event, and the work goes on when nobody "
+                                "listens (the client may resume).  None: no log, and the work stops once its "
+                                "listener is gone")
+
+    @property
+    def kept(self) -> bool:
+        return self.log_ttl is not None
 
     def model_post_init(self, __context: object) -> None:
         if (self.messages is None) == (self.prompt is None):

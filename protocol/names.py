@@ -36,6 +36,27 @@ def log_entry_id(seq: int) -> str:
     return f"{seq}-1"
 
 
+def job_record_key(job_id: str) -> str:
+    """JSON record of a kept job (a stored or resumable response): what was asked and how to present it,
+    written by the gateway that accepted it, read by any gateway; expires with the job's log."""
+    return f"{KEY_PREFIX}job:{job_id}"
+
+
+def attached_key(job_id: str) -> str:
+    """How many clients are reading a kept job's events now (a detached job is cancelled after its
+    grace period only while this is 0)."""
+    return f"{KEY_PREFIX}attached:{job_id}"
+
+
+def stored_index_key(kind: str) -> str:
+    """Sorted set of the ids of stored jobs of one kind (`chat.completion`, `response`), scored by
+    creation time: what list endpoints page through.  Expires with its newest member's TTL."""
+    return f"{KEY_PREFIX}stored:{kind}"
+
+
+UNFINISHED_KEY = f"{KEY_PREFIX}unfinished"  # sorted set: kept jobs not known to be finished, by creation time
+
+
 def live_workers_key(model: str) -> str:
     """Sorted set of worker ids serving `model`, scored by their last heartbeat (unix time)."""
     return f"{KEY_PREFIX}live:{model}"

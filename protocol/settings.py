@@ -30,8 +30,8 @@ class QueueSettings(BaseSettings):
     heartbeat_ttl: float = Field(3.0, gt=0, description="a worker silent this long counts as dead")
     keepalive_interval: float = Field(5.0, gt=0, description="a request with nothing to send for this long gets "
                                       "a keep-alive event; keep it well under the gateway's idle_timeout")
-    result_ttl: int = Field(3600, ge=1, description="seconds a request's event log (for replay) is kept after "
-                            "its last event")
+    result_ttl: int = Field(3600, ge=1, le=86400, description="seconds a kept job (stored, background or "
+                            "resumable) and its event log stay in Redis after its last event")
 
     def celery_conf(self) -> dict[str, Any]:
         """The Celery configuration of every QueueChat app: the workers' (which run tasks) and the

@@ -1,6 +1,6 @@
-"""Publishes one request's events, numbered from 0, on its pub/sub channel, and appends each to
-the request's event log (a Redis Stream, entry id = sequence number) in the same round trip:
-pub/sub is the live path, the log is for replay.
+"""Publishes one request's events, numbered from 0, on its pub/sub channel, and for a kept job
+appends each to its event log (a Redis Stream, entry id = sequence number) in the same round trip:
+pub/sub is the live path, the log is for replay (resume, background jobs, stored responses).
 
 Events are published at once, or, once a request is in the engine, collected in an `Outbox`
 and sent with every other request's events of the same decode step in one round trip.  An error
@@ -64,10 +64,10 @@ class Outbox:
         pipe = self._client.pipeline(transaction=False)
         published = []  # where each event's PUBLISH reply is
         for seq, data, sender, final in pending:
-            published.append(len(pipe))
             sender.send(pipe, seq, data, final)
+            published.append(len(pipe) - 1)
         try:
-            replies = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)  # one refused XADD must not silence the others
         except redis.RedisError as exc:  # the gateway notices the silence and reports it
             log.warning("could not publish %d events: %s", len(pending), exc)
             return
@@ -77,7 +77,7 @@ class Outbox:
 
 
 class EventPublisher:
-    def __init__(self, client: redis.Redis, request_id: str, log_ttl: int | None = 3600) -> None:
+    def __init__(self, client: redis.Redis, request_id: str, log_ttl: int | None = None) -> None:
         """`log_ttl`: seconds the request's event log lives after its last event; None: no log."""
         self._client = client
         self._channel = channel_for(request_id)
@@ -105,14 +105,16 @@ class EventPublisher:
             pipe.execute()
 
     def send(self, pipe: redis.client.Pipeline, seq: int, data: bytes, final: bool = False) -> None:
-        """Queue on `pipe`: PUBLISH the event, then append it to the request's log.  The log's
-        expiry is set with the first event, renewed every RENEW_EVERY events and with the last:
-        a log never lives on without one, and most events cost one command more, not two."""
-        pipe.publish(self._channel, data)
+        """Queue on `pipe`: append the event to the request's log (a kept job's), then PUBLISH it.
+        Log first: a reader that subscribes and then reads the log can miss nothing (an event not
+        yet in the log when it read is published after it subscribed).  The log's expiry is set
+        with the first event, renewed every RENEW_EVERY events and with the last: a log never
+        lives on without one, and most events cost one command more, not two."""
         if self._log_ttl is not None:
             pipe.xadd(self._log, {"event": data}, id=log_entry_id(seq), maxlen=EVENT_LOG_MAX_EVENTS, approximate=True)
             if final or seq % RENEW_EVERY == 0:
                 pipe.expire(self._log, self._log_ttl)
+        pipe.publish(self._channel, data)
 
     def start(self, worker: str, prompt_tokens: int) -> None:
         self._publish(StartEvent, worker=worker, prompt_tokens=prompt_tokens)

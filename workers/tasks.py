@@ -34,7 +34,7 @@ def embed(self: Any, payload: dict[str, Any]) -> None:
 
 
 def run_embed_job(state: WorkerState, payload: dict[str, Any]) -> None:
-    with _error_boundary(state, payload, "input", logged=False) as publisher:  # vectors: no replay log
+    with _error_boundary(state, payload, "input") as publisher:
         job = EmbedJob.model_validate(payload)
         if job.expired or state.redis.exists(cancel_key_for(job.request_id)):
             publisher.error("expired", "the request expired before a worker was free")
@@ -67,10 +67,11 @@ def _engine_that_can(state: WorkerState, model: str, capability: Capability, pub
 
 
 @contextmanager
-def _error_boundary(state: WorkerState, payload: Any, param: str, logged: bool = True) -> Iterator[EventPublisher]:
+def _error_boundary(state: WorkerState, payload: Any, param: str) -> Iterator[EventPublisher]:
     """The one place a task's failures become error events (or log lines, when Redis is gone)."""
     request_id = str(payload.get("request_id", "")) if isinstance(payload, dict) else ""
-    publisher = EventPublisher(state.redis, request_id, log_ttl=state.settings.result_ttl if logged else None)
+    log_ttl = payload.get("log_ttl") if isinstance(payload, dict) else None  # a kept job's: read before validating
+    publisher = EventPublisher(state.redis, request_id, log_ttl=log_ttl if isinstance(log_ttl, int) else None)
     try:
         yield publisher
     except ValidationError as exc:
@@ -107,7 +108,7 @@ def _generate(state: WorkerState, job: GenerateJob, publisher: EventPublisher) -
         while not seq.finished.wait(CANCEL_POLL_SECONDS):
             if seq.cancelled:
                 continue
-            if publisher.orphaned:
+            if publisher.orphaned and not job.kept:
                 log.info("request %s has no listener left (gateway gone?); stopping it", job.request_id)
                 engine.cancel(seq)
             elif state.redis.exists(cancel_key):

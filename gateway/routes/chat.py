@@ -1,17 +1,37 @@
-"""POST /v1/chat/completions"""
+"""POST /v1/chat/completions, and GET /v1/chat/completions/{id}/events: resume a kept stream."""
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
-from gateway.deps import HttpLabelsDep, RelayDep, SettingsDep
-from gateway.generation import respond
+from gateway.deps import HttpLabelsDep, KeeperDep, RelayDep, SettingsDep
+from gateway.errors import NotFound
+from gateway.generation import respond, resume
+from gateway.keep import DETACH_GRACE_HEADER, detach_grace, resume_position
 from gateway.openai_types import CreateChatCompletionRequest
 
 router = APIRouter()
 
+GraceHeader = Annotated[str | None, Header(alias=DETACH_GRACE_HEADER)]
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
+StartingAfter = Annotated[int | None, Query()]
+
 
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(body: CreateChatCompletionRequest, request: Request, relay: RelayDep,
-                                 settings: SettingsDep, labels: HttpLabelsDep) -> Response:  # fmt: skip
+                                 settings: SettingsDep, labels: HttpLabelsDep, keeper: KeeperDep,
+                                 grace: GraceHeader = None) -> Response:  # fmt: skip
     labels.model = relay.registry.metric_label(body.model)
-    return await respond(relay, body.generation(settings), request.is_disconnected)
+    generation = body.generation(settings, detach_grace(grace))
+    return await respond(relay, generation, request.is_disconnected, keeper)
+
+
+@router.get("/v1/chat/completions/{completion_id}/events", response_model=None)
+async def resume_chat_completion(completion_id: str, relay: RelayDep, keeper: KeeperDep, last_event_id: LastEventId = None,
+                                 starting_after: StartingAfter = None) -> Response:  # fmt: skip
+    record = await keeper.store.get(completion_id, "chat.completion")
+    if record is None:
+        raise NotFound(f"No kept chat completion '{completion_id}' (only requests with \"store\": true or an "
+                       f"{DETACH_GRACE_HEADER} header can be resumed, until they expire).")  # fmt: skip
+    return await resume(relay, keeper, record, resume_position(completion_id, last_event_id, starting_after))

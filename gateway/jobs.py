@@ -1,0 +1,213 @@
+"""Kept jobs: responses that outlive the connection that asked for them.
+
+A kept job (stored, background, or streamed with a detach grace) has a record in Redis, written by
+the gateway that accepted it and readable by every gateway: what was asked, how to present it, and
+for how long it lives.  Its events are in the worker's event log (`protocol.names.event_log_key`),
+so any gateway can rebuild its state, replay its stream or serve its stored body.
+
+`JobStore` owns these keys: the record, the indexes that list stored jobs, the set of unfinished
+jobs the sweep watches, and the end of a job whose worker died (a final error appended to its log,
+so every reader agrees it failed).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import redis.exceptions
+from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+
+from gateway.errors import InvalidRequest
+from gateway.registry import Registry
+from protocol import (
+    FINAL_EVENTS,
+    UNFINISHED_KEY,
+    ErrorEvent,
+    Event,
+    StartEvent,
+    attached_key,
+    cancel_key_for,
+    channel_for,
+    decode_event,
+    encode_event,
+    event_log_key,
+    job_record_key,
+    log_entry_id,
+    stored_index_key,
+)
+
+Kind = Literal["chat.completion", "text_completion", "response"]
+LATE_START_SECONDS = 30.0  # a queued job not started this long after its expiry has been lost
+
+
+class JobRecord(BaseModel):
+    """What any gateway needs to serve a kept job again."""
+
+    id: str  # the response id the client holds (chatcmpl-…, cmpl-…, resp_…)
+    kind: Kind
+    model: str
+    request_id: str  # the one job on the queue (its channel and log)
+    created: int = Field(default_factory=lambda: int(time.time()))
+    expires_at: float  # the task's expiry: a job not started by then never will be
+    stored: bool = False  # retrievable (and listed) after it ends
+    background: bool = False
+    grace: float | None = None  # seconds a detached job waits for a client to come back; None: forever
+    metadata: dict[str, str] = {}
+    reply: dict[str, Any] = {}  # chat/completions: how to present it (gateway.reply.Reply's fields)
+    request: dict[str, Any] = {}  # what was asked, as each endpoint needs it back (messages, input items)
+
+
+class JobStore:
+    def __init__(self, redis: Redis, registry: Registry, ttl: int) -> None:
+        self.redis = redis
+        self.registry = registry
+        self.ttl = ttl  # seconds a job's keys live after its last event
+
+    def record_ttl(self, record: JobRecord) -> int:
+        """A record outlives the wait in the queue plus its log's TTL (renewed when it ends)."""
+        return int(max(0.0, record.expires_at - time.time())) + self.ttl
+
+    async def save(self, record: JobRecord) -> None:
+        ttl = self.record_ttl(record)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(job_record_key(record.id), record.model_dump_json(), ex=ttl)
+        if record.stored:
+            pipe.zadd(stored_index_key(record.kind), {record.id: record.created})
+            pipe.expire(stored_index_key(record.kind), ttl)
+        pipe.zadd(UNFINISHED_KEY, {record.id: record.created})
+        pipe.expire(UNFINISHED_KEY, ttl)
+        await pipe.execute()
+
+    async def update(self, record: JobRecord) -> None:
+        await self.redis.set(job_record_key(record.id), record.model_dump_json(), keepttl=True)
+
+    async def get(self, job_id: str, kind: Kind | None = None) -> JobRecord | None:
+        raw = await self.redis.get(job_record_key(job_id))
+        if raw is None:
+            return None
+        record = JobRecord.model_validate_json(raw)
+        return record if kind is None or record.kind == kind else None
+
+    async def events(self, record: JobRecord) -> list[Event]:
+        """Every event of the job logged so far, in order."""
+        entries = await self.redis.xrange(event_log_key(record.request_id))
+        return [decode_event(fields[b"event"]) for _, fields in entries]
+
+    async def settled(self, record: JobRecord) -> list[Event]:
+        """The job's events, ended with an error when its worker died or it was never started:
+        a kept job is never `in_progress` or `queued` forever.  Called by every read."""
+        events = await self.events(record)
+        if events and isinstance(events[-1], FINAL_EVENTS):
+            await self.finished(record)
+            return events
+        started = next((e for e in events if isinstance(e, StartEvent)), None)
+        if started is not None and not await self.registry.is_alive(record.model, started.worker):
+            failure = ErrorEvent(seq=len(events), code="worker_lost",
+                                 message=f"The worker serving this job ({started.worker}) stopped.")  # fmt: skip
+        elif started is None and time.time() > record.expires_at + LATE_START_SECONDS:
+            failure = ErrorEvent(seq=len(events), code="expired", message="No worker started the job in time.")
+        else:
+            return events
+        return await self.end_with(record, events, failure)
+
+    async def end_with(self, record: JobRecord, events: list[Event], final: ErrorEvent) -> list[Event]:
+        """Append `final` to the job's log (unless the worker wrote that event first) and publish
+        it to anyone reading live.  Returns the events as the log has them afterwards."""
+        try:
+            await self.redis.xadd(event_log_key(record.request_id), {"event": encode_event(final)},
+                                  id=log_entry_id(final.seq))  # fmt: skip
+        except redis.exceptions.ResponseError:  # the worker's next event came first: the log says how it went
+            return await self.settled(record)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.expire(event_log_key(record.request_id), self.ttl)
+        pipe.publish(channel_for(record.request_id), encode_event(final))
+        await pipe.execute()
+        await self.finished(record)
+        return [*events, final]
+
+    async def finished(self, record: JobRecord) -> None:
+        """The job ended: its record lives as long as its log, the sweep forgets it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.expire(job_record_key(record.id), self.ttl)
+        pipe.zrem(UNFINISHED_KEY, record.id)
+        await pipe.execute()
+
+    async def cancel(self, record: JobRecord) -> None:
+        """Ask the worker to stop (it checks every decode step); a job still queued is cancelled here."""
+        await self.redis.set(cancel_key_for(record.request_id), 1, ex=self.record_ttl(record))
+        events = await self.events(record)
+        if not events:
+            await self.end_with(record, [], ErrorEvent(seq=0, code="cancelled", message="Cancelled before it started."))
+
+    async def delete(self, record: JobRecord) -> None:
+        """Forget the job; one still running is cancelled first."""
+        events = await self.events(record)
+        if not (events and isinstance(events[-1], FINAL_EVENTS)):
+            await self.redis.set(cancel_key_for(record.request_id), 1, ex=self.record_ttl(record))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(job_record_key(record.id), event_log_key(record.request_id), attached_key(record.id))
+        pipe.zrem(stored_index_key(record.kind), record.id)
+        pipe.zrem(UNFINISHED_KEY, record.id)
+        await pipe.execute()
+
+    async def page(self, kind: Kind, after: str | None, limit: int, order: str) -> list[JobRecord]:
+        """Stored jobs of `kind` in creation order (`asc`/`desc`), after the id `after`."""
+        index = stored_index_key(kind)
+        await self.redis.zremrangebyscore(index, "-inf", time.time() - self.ttl - 86400)  # long gone
+        ids = [i.decode() for i in await self.redis.zrange(index, 0, -1, desc=order == "desc")]
+        if after is not None:
+            ids = ids[ids.index(after) + 1:] if after in ids else []
+        records = []
+        for job_id in ids:
+            record = await self.get(job_id, kind)
+            if record is None:
+                await self.redis.zrem(index, job_id)  # expired
+                continue
+            records.append(record)
+            if len(records) > limit:  # one more than asked: tells whether there are more
+                break
+        return records
+
+    async def unfinished(self) -> list[JobRecord]:
+        ids = [i.decode() for i in await self.redis.zrange(UNFINISHED_KEY, 0, -1)]
+        records = []
+        for job_id in ids:
+            record = await self.get(job_id)
+            if record is None:
+                await self.redis.zrem(UNFINISHED_KEY, job_id)
+            else:
+                records.append(record)
+        return records
+
+    async def sweep(self) -> int:
+        """Settle every unfinished job (run periodically by each gateway); how many ended here."""
+        ended = 0
+        for record in await self.unfinished():
+            before = await self.events(record)
+            after = await self.settled(record)
+            ended += len(after) > len(before) and isinstance(after[-1], ErrorEvent)
+        return ended
+
+    async def attach(self, job_id: str, delta: int) -> int:
+        """Count a client that starts (+1) or stops (-1) reading the job; the count after."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incrby(attached_key(job_id), delta)
+        pipe.expire(attached_key(job_id), self.ttl)
+        count, _ = await pipe.execute()
+        return int(count)
+
+
+def metadata_of(value: Any) -> dict[str, str]:
+    """OpenAI's metadata: at most 16 string pairs, keys up to 64 characters, values up to 512."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 16:
+        raise InvalidRequest("'metadata' is an object of at most 16 key-value pairs.", param="metadata")
+    for key, item in value.items():
+        if not isinstance(item, str) or len(key) > 64 or len(item) > 512:
+            raise InvalidRequest("'metadata' keys are strings of at most 64 characters, values strings of at "
+                                 "most 512.", param="metadata")  # fmt: skip
+    return dict(value)
+

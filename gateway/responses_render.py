@@ -91,11 +91,11 @@ class ResponseState:
         usage = None
         if self.done is not None:
             u = self.done.usage
-            usage = {"input_tokens": u.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+            usage = {"input_tokens": u.prompt_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                      "output_tokens": u.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                      "total_tokens": u.total_tokens}  # fmt: skip
         tool_choice = req.get("tool_choice_body", "auto")
-        return {
+        body = {
             "id": record.id, "object": "response", "created_at": record.created, "status": status,
             "completed_at": self.completed_at, "background": record.background, "error": error,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
@@ -104,8 +104,11 @@ class ResponseState:
             "previous_response_id": req.get("previous_response_id"), "metadata": record.metadata,
             "store": record.stored, "temperature": req.get("temperature"), "top_p": req.get("top_p"),
             "top_logprobs": req.get("top_logprobs"), "text": {"format": req.get("format") or {"type": "text"}},
-            "tool_choice": tool_choice, "tools": req.get("tools") or [], "truncation": "disabled", "usage": usage,
+            "tool_choice": tool_choice, "tools": req.get("tools") or [], "truncation": "disabled",
         }  # fmt: skip
+        if usage is not None:  # not nullable: absent until the end
+            body["usage"] = usage
+        return body
 
     # -- the stream ----------------------------------------------------------------------------
 

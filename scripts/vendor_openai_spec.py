@@ -35,6 +35,8 @@ SCHEMA_PREFIX = "#/components/schemas/"
 
 # Every schema name the tests validate against (assert_valid / errors_for / validator_for).
 ROOT_SCHEMAS = (
+    "ChatCompletionDeleted",
+    "ChatCompletionList",
     "CreateChatCompletionResponse",
     "CreateChatCompletionStreamResponse",
     "CreateCompletionResponse",
@@ -42,6 +44,9 @@ ROOT_SCHEMAS = (
     "ErrorResponse",
     "ListModelsResponse",
     "Model",
+    "Response",
+    "ResponseItemList",
+    "ResponseStreamEvent",
 )
 
 

@@ -58,7 +58,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.relay = Relay(redis, celery, registry, settings.queue_timeout, settings.idle_timeout,
                                 max_queue=settings.max_queue, metrics=metrics,
                                 show_prompts=settings.show_prompts)  # fmt: skip
-        keeper = app.state.keeper = Detacher(JobStore(redis, registry, settings.result_ttl))
+        keeper = app.state.keeper = Detacher(JobStore(redis, registry, settings.result_ttl, metrics))
         sweeper = asyncio.create_task(sweep_forever(keeper.store, settings.sweep_interval))
         try:
             yield

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from gateway.errors import InvalidRequest
+from gateway.metrics import Metrics
 from gateway.registry import Registry
 from protocol import (
     FINAL_EVENTS,
@@ -60,9 +61,10 @@ class JobRecord(BaseModel):
 
 
 class JobStore:
-    def __init__(self, redis: Redis, registry: Registry, ttl: int) -> None:
+    def __init__(self, redis: Redis, registry: Registry, ttl: int, metrics: Metrics | None = None) -> None:
         self.redis = redis
         self.registry = registry
+        self.metrics = metrics
         self.ttl = ttl  # seconds a job's keys live after its last event
 
     def record_ttl(self, record: JobRecord) -> int:
@@ -79,6 +81,9 @@ class JobStore:
         pipe.zadd(UNFINISHED_KEY, {record.id: record.created})
         pipe.expire(UNFINISHED_KEY, ttl)
         await pipe.execute()
+        if self.metrics is not None:
+            how = "background" if record.background else "stored" if record.stored else "detach"
+            self.metrics.kept.labels(self.registry.metric_label(record.model), how).inc()
 
     async def update(self, record: JobRecord) -> None:
         await self.redis.set(job_record_key(record.id), record.model_dump_json(), keepttl=True)

@@ -25,6 +25,7 @@ from protocol import (
     ErrorEvent,
     Event,
     StartEvent,
+    UNFINISHED_KEY,
     TokenEvent,
     slots_key,
     stats_key,
@@ -34,7 +35,6 @@ request_log = logging.getLogger("queuechat.requests")
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ITL = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
-ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
 
 
 class Metrics:
@@ -55,6 +55,8 @@ class Metrics:
                             ["model"], registry=r)  # fmt: skip
         self.outcomes = Counter("queuechat_request_outcomes", "How requests ended: stop, length, embeddings, an error "
                                 "code, or client_left", ["model", "outcome"], registry=r)  # fmt: skip
+        self.kept = Counter("queuechat_kept_jobs", "Jobs kept past their connection, by how: stored, background "
+                            "or detach (a grace period)", ["model", "how"], registry=r)  # fmt: skip
         self._cluster = _ClusterCollector()
         r.register(self._cluster)
 
@@ -68,7 +70,8 @@ class Metrics:
             pipe.llen(model)
             pipe.hgetall(slots_key(model))
             pipe.hgetall(stats_key(model))
-        replies = await pipe.execute()
+        pipe.zcard(UNFINISHED_KEY)
+        *replies, self._cluster.unfinished = await pipe.execute()
         snapshot = {}
         for i, model in enumerate(names):
             depth, slots, stats = replies[3 * i : 3 * i + 3]
@@ -96,6 +99,7 @@ class _ClusterCollector:
     def __init__(self) -> None:
         self.snapshot: dict[str, tuple[int, set[str], dict[str, str], dict[str, dict]]] = {}
         self.failed: dict[str, dict[str, str]] = {}
+        self.unfinished = 0
 
     def collect(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily("queuechat_queue_depth", "Tasks waiting in the model's Redis list", labels=["model"])
@@ -128,7 +132,10 @@ class _ClusterCollector:
         for model, workers in self.failed.items():
             for worker in workers:
                 failed.add_metric([model, worker], 1)
-        yield from (depth, live, free, total, running, occupancy, tokens, *gauges.values(), failed)
+        unfinished = GaugeMetricFamily("queuechat_kept_jobs_unfinished", "Kept jobs (background, stored, detached) "
+                                       "not known to have finished, over every gateway")  # fmt: skip
+        unfinished.add_metric([], self.unfinished)
+        yield from (depth, live, free, total, running, occupancy, tokens, *gauges.values(), failed, unfinished)
 
 
 # Heartbeat counters shown as they are (when the worker's engine reports them).
@@ -237,5 +244,6 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, observe)
         finally:
-            endpoint = path if path in ENDPOINTS else ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
+            route = scope.get("route")  # the matched route's template: ids never become label values
+            endpoint = getattr(route, "path", None) or "other"
             self.metrics.http.labels(endpoint, labels.model, str(status)).inc()

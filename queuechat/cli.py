@@ -8,6 +8,7 @@
     queuechat soak [ARGS]               mixed traffic and a leak report (python -m bench.soak)
     queuechat flower [ARGS]             Flower, counting every model queue
     queuechat convert-chatglm SRC DST   a THUDM ChatGLM2/3 / GLM-4 checkpoint -> transformers' GLM (batched)
+    queuechat responses get|wait|cancel ID   a stored or background response (the Responses API)
 
 Settings come from the environment (QUEUECHAT_REDIS_URL, QUEUECHAT_MODELS_FILE, ...).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from workers.settings import WorkerSettings
@@ -105,6 +107,36 @@ def _chat(args: argparse.Namespace, _: list[str]) -> None:
         history.append({"role": "assistant", "content": answer})
 
 
+def _responses(args: argparse.Namespace, _: list[str]) -> None:
+    """`responses get ID` prints a response as JSON; `responses wait ID` polls until it ends and
+    prints its text (or its JSON with --json).  Exit 1 when it failed or was cancelled, 2 when
+    the wait timed out."""
+    import openai
+
+    client = openai.OpenAI(base_url=args.url, api_key=args.api_key, max_retries=2)
+    try:
+        if args.action == "cancel":
+            response = client.responses.cancel(args.id)
+        else:
+            response = client.responses.retrieve(args.id)
+        deadline = time.monotonic() + args.timeout
+        while args.action == "wait" and response.status in ("queued", "in_progress"):
+            if time.monotonic() > deadline:
+                print(f"{args.id} is still {response.status} after {args.timeout:g} s", file=sys.stderr)
+                raise SystemExit(2)
+            time.sleep(args.interval)
+            response = client.responses.retrieve(args.id)
+    except openai.APIError as exc:
+        raise SystemExit(f"queuechat responses: {exc}") from None
+    if args.action == "wait" and not args.json:
+        print(response.output_text if response.status in ("completed", "incomplete") else
+              f"{args.id} {response.status}: {response.error.message if response.error else ''}")  # fmt: skip
+    else:
+        print(response.model_dump_json(indent=2, exclude_unset=True))
+    if response.status in ("failed", "cancelled"):
+        raise SystemExit(1)
+
+
 def _convert_chatglm(args: argparse.Namespace, _: list[str]) -> None:
     from adapters.glm_convert import NotConvertible, convert_checkpoint
 
@@ -159,6 +191,15 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=None, help="default: the model's")
     chat.add_argument("--once", help="ask one question, print the answer and exit")
     chat.set_defaults(run=_chat)
+    responses = sub.add_parser("responses", help="a stored or background response: get, wait for, or cancel it")
+    responses.add_argument("action", choices=("get", "wait", "cancel"))
+    responses.add_argument("id", help="the response id (resp_...)")
+    responses.add_argument("--url", default="http://127.0.0.1:8000/v1")
+    responses.add_argument("--api-key", default="none")
+    responses.add_argument("--timeout", type=float, default=600.0, help="wait: give up after this many seconds")
+    responses.add_argument("--interval", type=float, default=0.5, help="wait: seconds between polls")
+    responses.add_argument("--json", action="store_true", help="wait: print the whole response as JSON")
+    responses.set_defaults(run=_responses)
     convert = sub.add_parser("convert-chatglm", help="convert a THUDM ChatGLM2/3 or GLM-4 checkpoint to transformers' GLM")
     convert.add_argument("src", type=Path, help="the THUDM checkpoint folder (config.json model_type chatglm)")
     convert.add_argument("dst", type=Path, help="the new folder (GlmForCausalLM, safetensors, fast tokenizer)")
@@ -175,7 +216,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args, extra = parser().parse_known_args(argv)
-    if extra and args.command in ("models", "chat", "serve", "convert-chatglm"):
+    if extra and args.command in ("models", "chat", "serve", "convert-chatglm", "responses"):
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "serve":
         from gateway.settings import GatewaySettings

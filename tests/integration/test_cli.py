@@ -3,6 +3,7 @@ counting a model's queue while no worker serves it."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -41,6 +42,28 @@ def test_chat_once_streams_an_answer(env, gateway, client) -> None:
 def test_chat_reports_an_unknown_model_and_fails(env, gateway) -> None:
     result = run(["chat", "no-such-model", "--url", f"{gateway.base_url}/v1", "--once", "Hello"], env)
     assert result.returncode == 1 and "no-such-model" in result.stderr
+
+
+def test_responses_wait_get_and_cancel(env, gateway, client, workers, celery_control) -> None:
+    url = ["--url", f"{gateway.base_url}/v1"]
+    job = client.responses.create(model="tiny-a", input="Hello", max_output_tokens=6, temperature=0, background=True)
+    waited = run(["responses", "wait", job.id, *url, "--interval", "0.1"], env)
+    assert waited.returncode == 0, waited.stderr
+    final = client.responses.retrieve(job.id)
+    assert waited.stdout == f"{final.output_text}\n"
+    got = run(["responses", "get", job.id, *url], env)
+    assert got.returncode == 0 and json.loads(got.stdout)["status"] == final.status
+    missing = run(["responses", "get", "resp_missing", *url], env)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    worker = workers["tiny-b"].name
+    assert celery_control.cancel_consumer("tiny-b", destination=[worker], reply=True, timeout=5)
+    try:  # the job waits in the queue: cancelled there, and dropped when a worker takes it
+        stuck = client.responses.create(model="tiny-b", input="x", background=True)
+        cancelled = run(["responses", "cancel", stuck.id, *url], env)
+        assert cancelled.returncode == 1 and json.loads(cancelled.stdout)["status"] == "cancelled"
+    finally:
+        assert celery_control.add_consumer("tiny-b", destination=[worker], reply=True, timeout=5)
+    assert client.responses.retrieve(stuck.id).status == "cancelled"
 
 
 def test_worker_and_serve_start_a_working_stack(env, workdir, redis_server, client) -> None:

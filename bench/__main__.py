@@ -6,12 +6,15 @@ In one run, on the same prompts (temperature 0):
   (c) a table of tokens/s, TTFT and inter-token latency, with ratios against (a).
 Tokens are counted by re-tokenizing the received text with the model's tokenizer.
 --echo measures the relay alone: an instant model-free adapter behind one gateway.
+--keep also runs every level with `"store": true` (a kept job: event log + job record), alternating
+with plain requests, and prints the kept/plain throughput ratio: the event log's cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -45,6 +48,26 @@ def _model_folder(model: str, models_file: Path) -> Path:
     return convert_gguf(spec.path, WorkerSettings().cache_dir) if spec.path.suffix == ".gguf" else spec.path
 
 
+def _keep_row(c: int, plain: LevelReport, measure) -> str:
+    """Plain and kept throughput at one level, alternating (the plain level just measured, then
+    kept, plain, kept, plain, kept), compared by their medians.  `measure(extra)` runs the level."""
+    plains, kepts = [plain.tokens_per_s], []
+    for k in range(5):
+        if k % 2 == 0:
+            kepts.append(measure({"store": True}).tokens_per_s)
+        else:
+            plains.append(measure(None).tokens_per_s)
+    p, q = statistics.median(plains), statistics.median(kepts)
+    return f"| {c:>3} | {p:8.1f} | {q:8.1f} | {q / p:6.3f} |"
+
+
+def _print_keep(rows: list[str]) -> None:
+    if rows:
+        print("\n### event log cost: plain vs kept (`store: true`) requests, medians of 3 alternating runs\n")
+        print("| conc | plain tok/s | kept tok/s | kept/plain |\n|---:|---:|---:|---:|")
+        print("\n".join(rows), flush=True)
+
+
 def bench_model(args: argparse.Namespace) -> None:
     folder = _model_folder(args.model, args.models_file)
     print(f"baseline: transformers generate in-process on {folder.name} ...", flush=True)
@@ -65,8 +88,12 @@ def bench_model(args: argparse.Namespace) -> None:
         try:
             run(url, model, 2, 1, 8, count)  # warm-up
             print(f"\n### {label} at {url}, model {model}, max_tokens {args.max_tokens}\n\n{HEADER}")
+            kept_rows = []
             for c in args.concurrency:
                 level = run(url, model, c, args.rounds, args.max_tokens, count)
+                if args.keep:
+                    kept_rows.append(_keep_row(c, level, lambda extra: run(url, model, c, args.rounds,
+                                                                           args.max_tokens, count, extra)))  # fmt: skip
                 if c == 1:
                     overhead = (percentile(level.ttfts, 50) * 1000) - baseline.ttft_p50_ms
                     ratio = f"{level.tokens_per_s / baseline.single_tokens_per_s:.2f}x"
@@ -76,6 +103,7 @@ def bench_model(args: argparse.Namespace) -> None:
                 print(_row(level, ratio), flush=True)
                 if note:
                     print(f"<!-- {note} -->", flush=True)
+            _print_keep(kept_rows)
             if stack:
                 rss = stack.rss()
                 print(f"\nRSS after the run: gateway {rss['gateway']:.0f} MB, worker {rss['worker']:.0f} MB")
@@ -98,9 +126,15 @@ def bench_echo(args: argparse.Namespace) -> None:
         stack.wait_ready()
         run(stack.url, "echo", 2, 1, 8, len)
         print(f"\n### relay only: echo adapter, max_tokens {args.max_tokens}\n\n{HEADER}")
+        kept_rows = []
+        count = lambda t: len(t.encode())  # noqa: E731
         for c in args.concurrency:
-            level = run(stack.url, "echo", c, args.rounds, args.max_tokens, lambda t: len(t.encode()))
+            level = run(stack.url, "echo", c, args.rounds, args.max_tokens, count)
             print(_row(level, "-"), flush=True)
+            if args.keep:
+                kept_rows.append(_keep_row(c, level, lambda extra: run(stack.url, "echo", c, args.rounds,
+                                                                       args.max_tokens, count, extra)))  # fmt: skip
+        _print_keep(kept_rows)
         rss = stack.rss()
         print(f"\nRSS after the run: gateway {rss['gateway']:.0f} MB, worker {rss['worker']:.0f} MB")
     finally:
@@ -119,6 +153,7 @@ def main() -> None:
     parser.add_argument("--compare-url", help="another OpenAI-compatible /v1 URL to measure the same way")
     parser.add_argument("--compare-model", default=None, help="model name at --compare-url")
     parser.add_argument("--echo", action="store_true", help="relay throughput with the model-free echo adapter")
+    parser.add_argument("--keep", action="store_true", help="also measure kept (store: true) requests: the event log's cost")
     args = parser.parse_args()
     args.compare_model = args.compare_model or args.model
     if args.echo:

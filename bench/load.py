@@ -44,8 +44,10 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
-async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, max_tokens: int) -> Result:
-    body = {"model": model, "messages": messages(i), "stream": True, "temperature": 0, "max_tokens": max_tokens}
+async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, max_tokens: int,
+               extra: dict | None = None) -> Result:  # fmt: skip
+    body = {"model": model, "messages": messages(i), "stream": True, "temperature": 0, "max_tokens": max_tokens,
+            **(extra or {})}  # fmt: skip
     started = time.perf_counter()
     first, last, gaps, parts = None, None, [], []
     async with client.stream("POST", f"{url}/chat/completions", json=body) as response:
@@ -70,7 +72,7 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, max_toke
 
 
 async def run_level(url: str, model: str, concurrency: int, rounds: int, max_tokens: int,
-                    count: Callable[[str], int]) -> LevelReport:  # fmt: skip
+                    count: Callable[[str], int], extra: dict | None = None) -> LevelReport:  # fmt: skip
     report = LevelReport(concurrency, concurrency * rounds, 0.0, 0, 0)
     limits = httpx.Limits(max_connections=concurrency + 4)
     progress = tqdm(total=report.requests, desc=f"{concurrency} clients", unit="req", leave=False, file=sys.stderr)
@@ -79,7 +81,7 @@ async def run_level(url: str, model: str, concurrency: int, rounds: int, max_tok
         async def worker(k: int) -> None:
             for r in range(rounds):
                 try:
-                    result = await _one(client, url, model, k + r * concurrency, max_tokens)
+                    result = await _one(client, url, model, k + r * concurrency, max_tokens, extra)
                 except (httpx.HTTPError, RuntimeError):
                     report.errors += 1
                     progress.update()
@@ -96,5 +98,6 @@ async def run_level(url: str, model: str, concurrency: int, rounds: int, max_tok
     return report
 
 
-def run(url: str, model: str, concurrency: int, rounds: int, max_tokens: int, count) -> LevelReport:
-    return asyncio.run(run_level(url, model, concurrency, rounds, max_tokens, count))
+def run(url: str, model: str, concurrency: int, rounds: int, max_tokens: int, count, extra: dict | None = None) -> LevelReport:
+    """One closed-loop level; `extra` fields go into every request body (e.g. {"store": True})."""
+    return asyncio.run(run_level(url, model, concurrency, rounds, max_tokens, count, extra))

@@ -23,7 +23,6 @@ from gateway.security import GuardMiddleware
 from gateway.settings import GatewaySettings
 from protocol.models_file import load_models_file
 
-
 log = logging.getLogger(__name__)
 
 

@@ -21,8 +21,6 @@ from gateway.render import Body, Envelope, collect, sse_events, sse_stream
 from gateway.reply import Generation
 from protocol import FINAL_EVENTS, Event
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
 
 async def respond(relay: Relay, generation: Generation, client_gone: ClientGone | None = None,
                   keeper: Detacher | None = None) -> Response:  # fmt: skip
@@ -31,10 +29,15 @@ async def respond(relay: Relay, generation: Generation, client_gone: ClientGone 
     The HTTP status is decided by the workers' first events (start or error), so a prompt that is
     too long gets a real 400 even when streaming was asked for.
     """
-    on_leave = None
+    on_leave, record = None, None
     if generation.keep is not None and keeper is not None:
-        generation, on_leave = await _kept(keeper, generation)
-    choices = await Choices.open(relay, generation.jobs, client_gone, on_leave)
+        generation, record, on_leave = await _kept(keeper, generation)
+    try:
+        choices = await Choices.open(relay, generation.jobs, client_gone, on_leave)
+    except BaseException:
+        if record is not None and keeper is not None and not await keeper.store.events(record):
+            await keeper.store.delete(record)  # never queued (or never started): nothing to keep
+        raise
     env = Envelope(id=generation.response_id, model=generation.model, fmt=generation.reply.fmt)
     headers = {"X-Request-Id": generation.response_id}
     count = len(generation.jobs)
@@ -60,7 +63,7 @@ async def respond(relay: Relay, generation: Generation, client_gone: ClientGone 
     return Response(body.to_json(), media_type="application/json", headers=headers)
 
 
-async def _kept(keeper: Detacher, generation: Generation) -> tuple[Generation, OnLeave]:
+async def _kept(keeper: Detacher, generation: Generation) -> tuple[Generation, JobRecord, OnLeave]:
     """Save the job record and give the job its log; what its readers do when they leave."""
     assert generation.keep is not None
     if len(generation.jobs) != 1:
@@ -71,14 +74,14 @@ async def _kept(keeper: Detacher, generation: Generation) -> tuple[Generation, O
                                     job.expires_at, generation.reply)  # fmt: skip
     await store.save(record)
     kept = Generation(generation.response_id, (job,), generation.reply, generation.keep)
-    return kept, keeper.on_leave(record)
+    return kept, record, keeper.on_leave(record)
 
 
 async def resume(relay: Relay, keeper: Detacher, record: JobRecord, after: Position) -> Response:
     """The numbered stream of a kept chat completion or completion again, past `after`: replayed
     from its log, then live, then `[DONE]`."""
     store = keeper.store
-    await store.settled(record)  # a job whose worker died ends here, not after the idle timeout
+    await store.settle(record)  # a job whose worker died ends here, not after the idle timeout
     await store.attach(record.id, +1)
     try:
         choices = await Choices.attach(relay, record, keeper.on_leave(record))
@@ -96,7 +99,7 @@ async def resume(relay: Relay, keeper: Detacher, record: JobRecord, after: Posit
         finally:
             await store.attach(record.id, -1)
 
-    return EventSourceResponse(stream(), sep="\n", headers={"X-Request-Id": record.id, **SSE_HEADERS})
+    return EventSourceResponse(stream(), sep="\n", headers={"X-Request-Id": record.id})
 
 
 async def stored_completion(store: JobStore, record: JobRecord) -> Body | None:

@@ -71,6 +71,11 @@ class JobStore:
         """A record outlives the wait in the queue plus its log's TTL (renewed when it ends)."""
         return int(max(0.0, record.expires_at - time.time())) + self.ttl
 
+    @staticmethod
+    def cancel_ttl(record: JobRecord) -> int:
+        """A cancel key must outlive the job's wait in the queue (a running job sees it at once)."""
+        return int(max(0.0, record.expires_at - time.time())) + 60
+
     async def save(self, record: JobRecord) -> None:
         ttl = self.record_ttl(record)
         pipe = self.redis.pipeline(transaction=False)
@@ -101,36 +106,49 @@ class JobStore:
         return [decode_event(fields[b"event"]) for _, fields in entries]
 
     async def settled(self, record: JobRecord) -> list[Event]:
-        """The job's events, ended with an error when its worker died or it was never started:
-        a kept job is never `in_progress` or `queued` forever.  Called by every read."""
-        events = await self.events(record)
-        if events and isinstance(events[-1], FINAL_EVENTS):
-            await self.finished(record)
-            return events
-        started = next((e for e in events if isinstance(e, StartEvent)), None)
-        if started is not None and not await self.registry.is_alive(record.model, started.worker):
-            failure = ErrorEvent(seq=len(events), code="worker_lost",
-                                 message=f"The worker serving this job ({started.worker}) stopped.")  # fmt: skip
-        elif started is None and time.time() > record.expires_at + LATE_START_SECONDS:
-            failure = ErrorEvent(seq=len(events), code="expired", message="No worker started the job in time.")
-        else:
-            return events
-        return await self.end_with(record, events, failure)
+        """The job's events, after `settle`: what every read of a kept job goes through."""
+        await self.settle(record)
+        return await self.events(record)
 
-    async def end_with(self, record: JobRecord, events: list[Event], final: ErrorEvent) -> list[Event]:
-        """Append `final` to the job's log (unless the worker wrote that event first) and publish
-        it to anyone reading live.  Returns the events as the log has them afterwards."""
+    async def settle(self, record: JobRecord) -> bool:
+        """End a job whose worker died, or that no worker started in time, with an error event: a
+        kept job is never `in_progress` or `queued` forever.  Reads only the log's first and last
+        events.  True when this call ended it."""
+        key = event_log_key(record.request_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xrevrange(key, count=1)
+        pipe.xrange(key, min=log_entry_id(0), max=log_entry_id(0))
+        last_entries, first_entries = await pipe.execute()
+        last = decode_event(last_entries[0][1][b"event"]) if last_entries else None
+        first = decode_event(first_entries[0][1][b"event"]) if first_entries else None
+        if isinstance(last, FINAL_EVENTS):
+            await self.finished(record)
+            return False
+        seq = last.seq + 1 if last is not None else 0
+        if isinstance(first, StartEvent) and not await self.registry.is_alive(record.model, first.worker):
+            failure = ErrorEvent(seq=seq, code="worker_lost",
+                                 message=f"The worker serving this job ({first.worker}) stopped.")  # fmt: skip
+        elif last is None and time.time() > record.expires_at + LATE_START_SECONDS:
+            failure = ErrorEvent(seq=seq, code="expired", message="No worker started the job in time.")
+        else:
+            return False
+        return await self.end_with(record, failure)
+
+    async def end_with(self, record: JobRecord, final: ErrorEvent) -> bool:
+        """Append `final` to the job's log, unless the worker wrote an event of that number first
+        (then the log says how it went: False), and publish it to anyone reading live."""
         try:
             await self.redis.xadd(event_log_key(record.request_id), {"event": encode_event(final)},
                                   id=log_entry_id(final.seq))  # fmt: skip
-        except redis.exceptions.ResponseError:  # the worker's next event came first: the log says how it went
-            return await self.settled(record)
+        except redis.exceptions.ResponseError:  # the worker's next event came first
+            await self.settle(record)
+            return False
         pipe = self.redis.pipeline(transaction=False)
         pipe.expire(event_log_key(record.request_id), self.ttl)
         pipe.publish(channel_for(record.request_id), encode_event(final))
         await pipe.execute()
         await self.finished(record)
-        return [*events, final]
+        return True
 
     async def finished(self, record: JobRecord) -> None:
         """The job ended: its record lives as long as its log, the sweep forgets it."""
@@ -141,16 +159,15 @@ class JobStore:
 
     async def cancel(self, record: JobRecord) -> None:
         """Ask the worker to stop (it checks every decode step); a job still queued is cancelled here."""
-        await self.redis.set(cancel_key_for(record.request_id), 1, ex=self.record_ttl(record))
-        events = await self.events(record)
-        if not events:
-            await self.end_with(record, [], ErrorEvent(seq=0, code="cancelled", message="Cancelled before it started."))
+        await self.redis.set(cancel_key_for(record.request_id), 1, ex=self.cancel_ttl(record))
+        if not await self.redis.exists(event_log_key(record.request_id)):
+            await self.end_with(record, ErrorEvent(seq=0, code="cancelled", message="Cancelled before it started."))
 
     async def delete(self, record: JobRecord) -> None:
         """Forget the job; one still running is cancelled first."""
         events = await self.events(record)
         if not (events and isinstance(events[-1], FINAL_EVENTS)):
-            await self.redis.set(cancel_key_for(record.request_id), 1, ex=self.record_ttl(record))
+            await self.redis.set(cancel_key_for(record.request_id), 1, ex=self.cancel_ttl(record))
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(job_record_key(record.id), event_log_key(record.request_id), attached_key(record.id))
         pipe.zrem(stored_index_key(record.kind), record.id)
@@ -190,9 +207,7 @@ class JobStore:
         """Settle every unfinished job (run periodically by each gateway); how many ended here."""
         ended = 0
         for record in await self.unfinished():
-            before = await self.events(record)
-            after = await self.settled(record)
-            ended += len(after) > len(before) and isinstance(after[-1], ErrorEvent)
+            ended += await self.settle(record)
         return ended
 
     async def attach(self, job_id: str, delta: int) -> int:

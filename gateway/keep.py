@@ -157,7 +157,7 @@ class Detacher:
             if events and isinstance(events[-1], FINAL_EVENTS):
                 return
             log.info("nobody came back for %s within %g s: cancelling it", record.id, record.grace)
-            await client.set(cancel_key_for(record.request_id), 1, ex=self.store.record_ttl(record))
+            await client.set(cancel_key_for(record.request_id), 1, ex=self.store.cancel_ttl(record))
         except redis.exceptions.RedisError as exc:
             log.warning("could not cancel the detached job %s: %s", record.id, exc)
 

@@ -20,12 +20,12 @@ from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol import (
+    UNFINISHED_KEY,
     DoneEvent,
     EmbeddingsEvent,
     ErrorEvent,
     Event,
     StartEvent,
-    UNFINISHED_KEY,
     TokenEvent,
     slots_key,
     stats_key,

@@ -16,6 +16,8 @@ from typing import Literal
 import redis
 
 from protocol import (
+    EVENT_LOG_MAX_EVENTS,
+    FINAL_EVENTS,
     DoneEvent,
     EmbeddingsEvent,
     ErrorCode,
@@ -26,8 +28,6 @@ from protocol import (
     TokenEvent,
     TokenLogprob,
     Usage,
-    EVENT_LOG_MAX_EVENTS,
-    FINAL_EVENTS,
     channel_for,
     encode_event,
     event_log_key,

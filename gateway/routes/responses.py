@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse
 from gateway.deps import HttpLabelsDep, KeeperDep, RelayDep, SettingsDep
 from gateway.errors import InvalidRequest, NotFound, from_event
 from gateway.jobs import JobRecord, JobStore, metadata_of
-from gateway.keep import DETACH_GRACE_HEADER, Detacher, detach_grace
+from gateway.keep import Detacher, detach_grace
 from gateway.relay import Relay
 from gateway.responses_render import ResponseState, replayed, stream_events
 from gateway.responses_request import CreateResponseRequest, new_response_id
@@ -135,7 +135,7 @@ async def create_response(body: CreateResponseRequest, request: Request, relay: 
 async def _follow(relay: Relay, keeper: Detacher, record: JobRecord, after: int) -> Response:
     """A kept response's stream from the start (replayed, then live), past sequence number `after`."""
     store = keeper.store
-    await store.settled(record)
+    await store.settle(record)
     await store.attach(record.id, +1)
     try:
         stream = await relay.attach(record.request_id, record.model, keeper.on_leave(record))
@@ -214,6 +214,3 @@ async def list_input_items(response_id: str, keeper: KeeperDep, after: str | Non
     page = items[start:start + limit]
     return JSONResponse({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
                          "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(items)})  # fmt: skip
-
-
-__all__ = ["DETACH_GRACE_HEADER", "router"]

@@ -19,7 +19,15 @@ from queuechat import launcher
 from queuechat.launcher import BIN, REPO, FlowerProcess, Process, free_port, stack_env, wait_for
 
 __all__ = ["BIN", "REPO", "Flower", "Gateway", "Process", "RedisServer", "Worker", "eventually", "free_port",
-           "live_worker", "stack_env", "wait_for"]  # fmt: skip
+           "live_worker", "pause_queue", "stack_env", "wait_for"]  # fmt: skip
+
+
+def pause_queue(control: object, queue: str, worker: str) -> None:
+    """Stop `worker` taking tasks from `queue` (Celery's cancel_consumer), then wait out a BRPOP
+    that was already waiting when it stopped: kombu polls with a 1 s server-side timeout, and such
+    a poll can still take one task that is queued right after the cancel."""
+    assert control.cancel_consumer(queue, destination=[worker], reply=True, timeout=5)  # type: ignore[attr-defined]
+    time.sleep(1.5)
 
 
 def eventually(condition: Callable[[], bool], timeout: float, every: float = 0.1) -> bool:

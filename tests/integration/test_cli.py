@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.processes import BIN, REPO, Flower, Process, Worker, free_port, wait_for
+from tests.integration.processes import BIN, REPO, Flower, Process, Worker, free_port, pause_queue, wait_for
 
 QUEUECHAT = str(BIN / "queuechat")
 
@@ -56,7 +56,7 @@ def test_responses_wait_get_and_cancel(env, gateway, client, workers, celery_con
     missing = run(["responses", "get", "resp_missing", *url], env)
     assert missing.returncode == 1 and "not found" in missing.stderr
     worker = workers["tiny-b"].name
-    assert celery_control.cancel_consumer("tiny-b", destination=[worker], reply=True, timeout=5)
+    pause_queue(celery_control, "tiny-b", worker)
     try:  # the job waits in the queue: cancelled there, and dropped when a worker takes it
         stuck = client.responses.create(model="tiny-b", input="x", background=True)
         cancelled = run(["responses", "cancel", stuck.id, *url], env)

@@ -15,6 +15,7 @@ import pytest
 from protocol import DoneEvent, ErrorEvent, decode_event, event_log_key, job_record_key
 from tests.integration.processes import Gateway, eventually, live_worker
 from tests.integration.sse import sse_messages
+from tests.spec import assert_valid
 
 GRACE = {"X-QueueChat-Detach-Grace": "30"}
 
@@ -164,8 +165,13 @@ def test_stored_chat_completions_are_retrieved_listed_updated_and_deleted(gatewa
     updated = other.chat.completions.update(made.id, metadata={"tag": tag, "seen": "yes"})
     assert updated.id == made.id
     assert [c.id for c in other.chat.completions.list(metadata={"seen": "yes", "tag": tag}).data] == [made.id]
-    deleted = other.chat.completions.delete(made.id)
-    assert deleted.deleted and deleted.id == made.id
+    listed_raw = httpx.get(f"{other_gateway.base_url}/v1/chat/completions", params={"metadata[tag]": tag}).json()
+    assert_valid(listed_raw, "ChatCompletionList")
+    assert_valid(httpx.get(f"{other_gateway.base_url}/v1/chat/completions/{made.id}").json(),
+                 "CreateChatCompletionResponse")  # fmt: skip
+    deleted = httpx.delete(f"{other_gateway.base_url}/v1/chat/completions/{made.id}").json()
+    assert_valid(deleted, "ChatCompletionDeleted")
+    assert deleted["deleted"] and deleted["id"] == made.id
     assert not redis_server.client.exists(job_record_key(made.id), event_log_key(made.id))
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.retrieve(made.id)

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.processes import Gateway
+from tests.integration.processes import Gateway, pause_queue
 from tests.spec import assert_valid
 
 KEYS = ("key-one", "key-two")
@@ -112,7 +112,7 @@ def test_a_full_backlog_answers_429_with_retry_after_and_loses_nothing(
     control = celery_control
     worker_b = workers["tiny-b"].name
     client = _client(guarded, KEYS[1])
-    assert control.cancel_consumer("tiny-b", destination=[worker_b], reply=True, timeout=5)
+    pause_queue(control, "tiny-b", worker_b)
     try:
         with ThreadPoolExecutor(2) as pool:
             queued = [pool.submit(client.chat.completions.create, model="tiny-b", messages=USER, max_tokens=2)

@@ -79,3 +79,55 @@ def test_random_model_ids_are_a_clean_404(gateway, model: str) -> None:
     else:
         assert response.status_code in (404, 503), response.text
         assert_valid(response.json(), "ErrorResponse")
+
+
+ITEM = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning", "input_text"]) | JSON,
+        "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | JSON,
+        "content": st.text(max_size=20) | st.lists(st.fixed_dictionaries(
+            {"type": st.sampled_from(["input_text", "output_text", "input_image"]) | JSON, "text": st.text(max_size=10) | JSON}),
+            max_size=2) | JSON,
+        "call_id": st.text(max_size=6) | JSON, "name": st.text(max_size=6) | JSON,
+        "arguments": st.text(max_size=10) | JSON, "output": st.text(max_size=10) | JSON,
+    },
+)  # fmt: skip
+RESPONSE_BODY = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["tiny-a", "no-such-model", ""]) | JSON,
+        "input": st.text(max_size=30) | st.lists(ITEM, max_size=3) | JSON,
+        "instructions": st.text(max_size=20) | JSON,
+        "max_output_tokens": st.integers(-3, 8) | JSON,
+        "temperature": st.floats(-1, 3, allow_nan=False) | JSON,
+        "tools": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["function", "web_search"]) | JSON,
+                                                 "name": st.text(max_size=6) | JSON,
+                                                 "parameters": JSON}), max_size=2) | JSON,
+        "tool_choice": st.sampled_from(["auto", "none", "required", "other"]) | JSON,
+        "text": st.fixed_dictionaries({"format": st.fixed_dictionaries({
+            "type": st.sampled_from(["text", "json_object", "json_schema", "grammar"]) | JSON,
+            "name": st.text(max_size=8) | JSON, "schema": JSON})}) | JSON,
+        "previous_response_id": st.text(max_size=10) | JSON,
+        "store": st.booleans() | JSON, "background": st.booleans() | JSON, "stream": st.booleans() | JSON,
+        "metadata": st.dictionaries(st.text(max_size=70), st.text(max_size=5), max_size=3) | JSON,
+        "include": st.lists(st.sampled_from(["message.output_text.logprobs", "reasoning.encrypted_content"]),
+                            max_size=2) | JSON,
+        "reasoning": JSON,
+    },
+)  # fmt: skip
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=RESPONSE_BODY)
+def test_random_responses_bodies_never_cause_a_server_error(gateway, body: dict) -> None:
+    if isinstance(body.get("max_output_tokens"), int) or "max_output_tokens" not in body:
+        body.setdefault("max_output_tokens", 6)
+    response = httpx.post(f"{gateway.base_url}/v1/responses", json=body, timeout=60)
+    assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code != 200:
+        assert_valid(response.json(), "ErrorResponse")
+    elif body.get("stream") is True:
+        assert '"sequence_number"' in response.text
+    else:
+        assert_valid(response.json(), "Response")

@@ -165,6 +165,9 @@ def test_a_background_stream_resumes_with_starting_after_on_another_gateway(gate
     final = _wait(_client(other_gateway), response_id)
     assert events[-1]["type"] in ("response.completed", "response.incomplete")
     assert text == final.output_text and len(text) == 30
+    plain = _client(gateway).responses.create(model="echo-slow", input="resume this response", max_output_tokens=30,
+                                              temperature=0)  # an uninterrupted run  # fmt: skip
+    assert text == plain.output_text
 
 
 def test_cancel_stops_a_background_job_and_frees_its_slot(gateway, redis_server, slow_worker) -> None:

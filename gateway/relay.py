@@ -80,7 +80,9 @@ class Relay:
             await self._admit(job.model)  # counted in _sending until it is in the list
             try:
                 pubsub = self.redis.pubsub()
-                stream = EventStream(self, pubsub, job.request_id, job.model, client_gone, on_leave=on_leave)
+                kept = isinstance(job, GenerateJob) and job.kept  # its log can fill a gap in the live feed
+                stream = EventStream(self, pubsub, job.request_id, job.model, client_gone, on_leave=on_leave,
+                                     logged=kept)  # fmt: skip
                 if self.metrics is not None:
                     stream.trace = self.metrics.trace(job.model, job.request_id)
                 try:

@@ -7,6 +7,7 @@ its two hooks fail the session (and list the paths) if any test read a file besi
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,10 @@ from tests.tiny_models import make_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 outside_reads.install(REPO)
+# tiktoken copies every file it loads (even a local tokenizer.model) into a cache under the system's
+# temporary directory and reads it back from there: beside the repository when the checkout itself
+# lives in /tmp.  An empty cache directory turns that off (for this process and its children).
+os.environ["TIKTOKEN_CACHE_DIR"] = ""
 DEFAULT_MODEL_FILE = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDING_MODEL_DIR = REPO / "models" / "all-MiniLM-L6-v2"
 

@@ -12,30 +12,40 @@ from fastapi import FastAPI
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.errors import install_error_handlers
+from gateway.files import Files
 from gateway.jobs import JobStore
 from gateway.keep import Detacher
 from gateway.metrics import HttpMetricsMiddleware, Metrics
 from gateway.registry import Registry
 from gateway.relay import Relay
-from gateway.routes import chat, completions, embeddings, health, models, page, responses, stored_chat
+from gateway.routes import chat, completions, embeddings, files, health, models, page, responses, stored_chat
 from gateway.routes import metrics as metrics_route
 from gateway.security import GuardMiddleware
 from gateway.settings import GatewaySettings
+from gateway.storage import LocalStorage, S3Storage, Storage
 from protocol.models_file import load_models_file
 
 log = logging.getLogger(__name__)
 
 
-async def sweep_forever(store: JobStore, interval: float) -> None:
-    """Settle kept jobs whose worker died, even when nobody reads them (every gateway does this;
-    settling is idempotent)."""
+def file_storage(settings: GatewaySettings) -> Storage:
+    if settings.files_s3_bucket:
+        return S3Storage(settings.files_s3_bucket, settings.files_s3_prefix, settings.files_s3_endpoint)
+    return LocalStorage(settings.files_dir)
+
+
+async def sweep_forever(store: JobStore, files: Files, interval: float) -> None:
+    """Settle kept jobs whose worker died, even when nobody reads them, and drop the content of
+    expired files (every gateway does this; both are idempotent)."""
     while True:
         await asyncio.sleep(interval)
         try:
             if ended := await store.sweep():
                 log.warning("ended %d kept job(s) whose worker stopped or that never started", ended)
-        except Exception as exc:  # noqa: BLE001  (Redis away, say: try again next round)
-            log.warning("sweeping kept jobs failed: %s", exc)
+            if gone := await files.sweep():
+                log.info("deleted %d expired file(s)", gone)
+        except Exception as exc:  # noqa: BLE001  (Redis or the storage away, say: try again next round)
+            log.warning("sweeping kept jobs and files failed: %s", exc)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -58,7 +68,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                                 max_queue=settings.max_queue, metrics=metrics,
                                 show_prompts=settings.show_prompts)  # fmt: skip
         keeper = app.state.keeper = Detacher(JobStore(redis, registry, settings.result_ttl, metrics))
-        sweeper = asyncio.create_task(sweep_forever(keeper.store, settings.sweep_interval))
+        app.state.files = Files(redis, file_storage(settings), settings.max_upload_bytes)
+        sweeper = asyncio.create_task(sweep_forever(keeper.store, app.state.files, settings.sweep_interval))
         try:
             yield
         finally:
@@ -75,8 +86,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    uploads = {"/v1/files": (settings.max_upload_bytes + 65536, settings.upload_timeout)}  # + the multipart framing
     app.add_middleware(GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes,
-                       body_timeout=settings.body_timeout)  # fmt: skip
-    for module in (chat, stored_chat, completions, responses, embeddings, models, health, metrics_route, page):
+                       body_timeout=settings.body_timeout, uploads=uploads)  # fmt: skip
+    for module in (chat, stored_chat, completions, responses, files, embeddings, models, health, metrics_route, page):
         app.include_router(module.router)
     return app

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.files import Files
 from gateway.keep import Detacher
 from gateway.metrics import HttpLabels
 from gateway.registry import Registry
@@ -29,6 +30,10 @@ def _keeper(request: Request) -> Detacher:
     return request.app.state.keeper
 
 
+def _files(request: Request) -> Files:
+    return request.app.state.files
+
+
 def _http_labels(request: Request) -> HttpLabels:
     return HttpLabels.of(request.scope)
 
@@ -39,3 +44,4 @@ HttpLabelsDep = Annotated[HttpLabels, Depends(_http_labels)]
 RelayDep = Annotated[Relay, Depends(_relay)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 KeeperDep = Annotated[Detacher, Depends(_keeper)]  # kept jobs: their store (.store) and detach timers
+FilesDep = Annotated[Files, Depends(_files)]

@@ -8,7 +8,9 @@ and closes the event streams).
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +31,14 @@ from gateway.openai_responses import (
     CreateChatCompletionResponse,
     CreateChatCompletionStreamResponse,
     CreateCompletionResponse,
+    CreateEmbeddingResponse,
+    Embedding,
+    EmbeddingUsage,
     TopLogprob,
 )
 from gateway.reply import Format, Reply
 from gateway.tool_calls import ToolStreamFilter, parse_tool_calls
-from protocol import DoneEvent, ErrorEvent, Event, TokenEvent, TokenLogprob, Usage
+from protocol import DoneEvent, EmbeddingsEvent, ErrorEvent, Event, TokenEvent, TokenLogprob, Usage
 
 Body = CreateChatCompletionResponse | CreateChatCompletionStreamResponse | CreateCompletionResponse
 Choice = ChatCompletionChoice | ChatCompletionChunkChoice | CompletionChoice
@@ -241,3 +246,15 @@ async def collect(events: AsyncIterable[tuple[int, Event]], env: Envelope, reply
     if any(state.usage is None for state in states):
         raise InternalError("The worker ended the response without finishing it.")
     return env.wrap([env.whole(s) for s in states], chunk=False, usage=total_usage(states, reply.n))
+
+
+def _floats(vector: str) -> list[float]:
+    raw = base64.b64decode(vector)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def embedding_body(event: EmbeddingsEvent, model: str, encoding_format: str | None) -> CreateEmbeddingResponse:
+    encode = (lambda v: v) if encoding_format == "base64" else _floats
+    data = [Embedding(object="embedding", index=i, embedding=encode(v)) for i, v in enumerate(event.vectors)]
+    usage = EmbeddingUsage(prompt_tokens=event.prompt_tokens, total_tokens=event.prompt_tokens)
+    return CreateEmbeddingResponse(object="list", data=data, model=model, usage=usage)

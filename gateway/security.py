@@ -36,11 +36,14 @@ def key_matches(presented: bytes, keys: list[bytes]) -> bool:
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, keys: list[str], max_body_bytes: int, body_timeout: float = 30.0) -> None:
+    def __init__(self, app: ASGIApp, keys: list[str], max_body_bytes: int, body_timeout: float = 30.0,
+                 uploads: dict[str, tuple[int, float]] | None = None) -> None:  # fmt: skip
+        """`uploads`: paths (POST /v1/files) with their own body size and time limits."""
         self.app = app
         self.keys = [k.encode() for k in keys]
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        self.uploads = uploads or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,18 +56,19 @@ class GuardMiddleware:
                 error = Unauthorized("Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.")
                 await self._reject(error, scope, receive, send)
                 return
+        limit, timeout = self.uploads.get(scope["path"], (self.max_body_bytes, self.body_timeout))
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            await self._reject(self._too_large(), scope, receive, send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._reject(self._too_large(limit), scope, receive, send)
             return
-        await self._call_counting(scope, receive, send)
+        await self._call_counting(scope, receive, send, limit, timeout)
 
-    async def _call_counting(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _call_counting(self, scope: Scope, receive: Receive, send: Send, limit: int, timeout: float) -> None:
         """Bodies without a Content-Length (chunked) are counted as they arrive, and every body
         is timed until its last byte; the error handlers turn the HTTPException raised while the
         body is read into a 413 or 408 in OpenAI's shape."""
         seen, whole = 0, False
-        deadline = time.monotonic() + self.body_timeout
+        deadline = time.monotonic() + timeout
 
         async def counting_receive() -> Message:
             nonlocal seen, whole
@@ -73,19 +77,20 @@ class GuardMiddleware:
             with anyio.move_on_after(max(0.0, deadline - time.monotonic())) as timer:
                 message = await receive()
             if timer.cancelled_caught:
-                raise HTTPException(408, f"The request body did not arrive within {self.body_timeout:g} s.",
+                raise HTTPException(408, f"The request body did not arrive within {timeout:g} s.",
                                     headers={"Connection": "close"})  # fmt: skip
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    raise HTTPException(413, self._too_large().message)
+                if seen > limit:
+                    raise HTTPException(413, self._too_large(limit).message)
                 whole = not message.get("more_body", False)
             return message
 
         await self.app(scope, counting_receive, send)
 
-    def _too_large(self) -> APIError:
-        return PayloadTooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
+    @staticmethod
+    def _too_large(limit: int) -> APIError:
+        return PayloadTooLarge(f"The request body is larger than {limit} bytes.")
 
     @staticmethod
     async def _reject(error: APIError, scope: Scope, receive: Receive, send: Send) -> None:

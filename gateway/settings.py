@@ -37,6 +37,15 @@ class GatewaySettings(QueueSettings):
     body_timeout: float = Field(30.0, gt=0, description="seconds a client has to send a request's body")
     max_connections: int = Field(4096, ge=1, description="open connections beyond which requests get 503")
 
+    # Files (uploads for the Batch API, and batch results)
+    files_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "queuechat" / "files",
+                            description="where files are kept (the local backend)")  # fmt: skip
+    files_s3_bucket: str | None = Field(None, description="keep files in this S3-compatible bucket instead")
+    files_s3_prefix: str = Field("queuechat/files/", description="the objects' key prefix in that bucket")
+    files_s3_endpoint: str | None = Field(None, description="the object store's URL (MinIO, Ceph...); AWS when unset")
+    max_upload_bytes: int = Field(200 << 20, ge=1024, description="largest file POST /v1/files accepts")
+    upload_timeout: float = Field(600.0, gt=0, description="seconds a client has to send an upload's body")
+
     def keys(self) -> list[str]:
         """Every accepted API key (environment and file); empty means the API is open."""
         keys = [k.strip() for k in self.api_keys.split(",")]

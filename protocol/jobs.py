@@ -131,6 +131,11 @@ class EmbedJob(WireModel):
     inputs: tuple[str | tuple[int, ...], ...] = Field(min_length=1)
     dimensions: int | None = Field(None, ge=1)
     expires_at: float
+    log_ttl: int | None = Field(None, ge=1, description="as GenerateJob's: a kept job's result goes to its log too")
+
+    @property
+    def kept(self) -> bool:
+        return self.log_ttl is not None
 
     @property
     def expired(self) -> bool:

@@ -54,6 +54,29 @@ def stored_index_key(kind: str) -> str:
     return f"{KEY_PREFIX}stored:{kind}"
 
 
+def file_record_key(file_id: str) -> str:
+    """JSON record of an uploaded or produced file (its content is in the file storage); lives
+    until the file is deleted, or expires with the file's `expires_at`."""
+    return f"{KEY_PREFIX}file:{file_id}"
+
+
+FILES_INDEX_KEY = f"{KEY_PREFIX}files"
+
+
+def batch_record_key(batch_id: str) -> str:
+    """JSON record of a batch (OpenAI's Batch object): kept like a file, until it is deleted."""
+    return f"{KEY_PREFIX}batch:{batch_id}"
+
+
+BATCHES_INDEX_KEY = f"{KEY_PREFIX}batches"  # sorted set of batch ids by creation time
+ACTIVE_BATCHES_KEY = f"{KEY_PREFIX}batches:active"  # batch ids a runner still has work for
+
+
+def batch_run_key(batch_id: str, part: str) -> str:
+    """A running batch's working state (`lease`, `lines`, `sent`, `results`, `errors`): expires
+    with the batch's completion window."""
+    return f"{KEY_PREFIX}batchrun:{batch_id}:{part}"  # sorted set of file ids by creation time: what GET /v1/files pages
+
 UNFINISHED_KEY = f"{KEY_PREFIX}unfinished"  # sorted set: kept jobs not known to be finished, by creation time
 
 
@@ -86,8 +109,10 @@ def failures_key(model: str) -> str:
 
 MODELS_SEEN_KEY = f"{KEY_PREFIX}models"  # set of every model name a worker has announced
 
-# Keys that live as long as the deployment: the worker registry, and kombu's per-queue bindings
-# (one set per queue, bounded by the models file).  Every other key must carry an expiry.
+# Keys that live as long as the deployment: the worker registry, kombu's per-queue bindings (one
+# set per queue, bounded by the models file), and files (user data, kept until deleted unless
+# uploaded with an expiry).  Every other key must carry an expiry.
 PERMANENT_KEY_PREFIXES = (f"{KEY_PREFIX}live:", f"{KEY_PREFIX}slots:", f"{KEY_PREFIX}stats:", f"{KEY_PREFIX}cards:",
-                          f"{KEY_PREFIX}failed:", MODELS_SEEN_KEY,
+                          f"{KEY_PREFIX}failed:", MODELS_SEEN_KEY, f"{KEY_PREFIX}file:", FILES_INDEX_KEY,
+                          f"{KEY_PREFIX}batch:", BATCHES_INDEX_KEY, ACTIVE_BATCHES_KEY,
                           "_kombu.binding")  # fmt: skip

@@ -75,8 +75,8 @@ def models_file(workdir: Path, tiny_model_dir: Path, tiny_model_dir_b: Path, fam
 
 
 @pytest.fixture(scope="session")
-def env(redis_server: RedisServer, models_file: Path) -> dict[str, str]:
-    return stack_env(redis_server.url, models_file)
+def env(redis_server: RedisServer, models_file: Path, workdir: Path) -> dict[str, str]:
+    return stack_env(redis_server.url, models_file, QUEUECHAT_FILES_DIR=str(workdir / "files"))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ from celery import Celery
 from fastapi import FastAPI
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from gateway.batch_runner import BatchRunner
+from gateway.batches import BatchStore
 from gateway.errors import install_error_handlers
 from gateway.files import Files
 from gateway.jobs import JobStore
@@ -18,7 +20,18 @@ from gateway.keep import Detacher
 from gateway.metrics import HttpMetricsMiddleware, Metrics
 from gateway.registry import Registry
 from gateway.relay import Relay
-from gateway.routes import chat, completions, embeddings, files, health, models, page, responses, stored_chat
+from gateway.routes import (
+    batches,
+    chat,
+    completions,
+    embeddings,
+    files,
+    health,
+    models,
+    page,
+    responses,
+    stored_chat,
+)
 from gateway.routes import metrics as metrics_route
 from gateway.security import GuardMiddleware
 from gateway.settings import GatewaySettings
@@ -69,13 +82,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                                 show_prompts=settings.show_prompts)  # fmt: skip
         keeper = app.state.keeper = Detacher(JobStore(redis, registry, settings.result_ttl, metrics))
         app.state.files = Files(redis, file_storage(settings), settings.max_upload_bytes)
-        sweeper = asyncio.create_task(sweep_forever(keeper.store, app.state.files, settings.sweep_interval))
+        app.state.batches = BatchStore(redis, settings.result_ttl)
+        runner = BatchRunner(app.state.batches, app.state.files, app.state.relay, keeper.store, settings)
+        loops = [asyncio.create_task(sweep_forever(keeper.store, app.state.files, settings.sweep_interval)),
+                 asyncio.create_task(runner.run_forever())]  # fmt: skip
         try:
             yield
         finally:
-            sweeper.cancel()
+            for loop in loops:
+                loop.cancel()
             await keeper.close()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            await asyncio.gather(*loops, return_exceptions=True)
             await redis.aclose()
             await pool.disconnect()
             celery.close()
@@ -89,6 +106,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     uploads = {"/v1/files": (settings.max_upload_bytes + 65536, settings.upload_timeout)}  # + the multipart framing
     app.add_middleware(GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes,
                        body_timeout=settings.body_timeout, uploads=uploads)  # fmt: skip
-    for module in (chat, stored_chat, completions, responses, files, embeddings, models, health, metrics_route, page):
+    for module in (chat, stored_chat, completions, responses, files, batches, embeddings, models, health,
+                   metrics_route, page):  # fmt: skip
         app.include_router(module.router)
     return app

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.batches import BatchStore
 from gateway.files import Files
 from gateway.keep import Detacher
 from gateway.metrics import HttpLabels
@@ -34,6 +35,10 @@ def _files(request: Request) -> Files:
     return request.app.state.files
 
 
+def _batches(request: Request) -> BatchStore:
+    return request.app.state.batches
+
+
 def _http_labels(request: Request) -> HttpLabels:
     return HttpLabels.of(request.scope)
 
@@ -45,3 +50,4 @@ RelayDep = Annotated[Relay, Depends(_relay)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 KeeperDep = Annotated[Detacher, Depends(_keeper)]  # kept jobs: their store (.store) and detach timers
 FilesDep = Annotated[Files, Depends(_files)]
+BatchesDep = Annotated[BatchStore, Depends(_batches)]

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 1.0  # how often a silent wait re-checks the workers' heartbeats and the client
 
+BATCH_PRIORITY = 9  # kombu's Redis transport keeps one list per priority step and pops 0 first
+
 ClientGone = Callable[[], Awaitable[bool]]
 OnLeave = Callable[[], Awaitable[None]]  # a kept job's reader left before the end (instead of cancelling)
 
@@ -99,11 +101,16 @@ class Relay:
             raise queue_unavailable(exc) from exc
         return stream
 
-    async def enqueue(self, job: GenerateJob) -> None:
-        """Queue a kept job that nobody listens to now (a background response): its events go to
-        its log, which anyone reads later."""
+    async def enqueue(self, job: GenerateJob | EmbedJob, *, batch: bool = False) -> None:
+        """Queue a kept job that nobody listens to now (a background response, a batch line): its
+        events go to its log, which anyone reads later.  Batch lines go at the lowest priority and
+        are not counted against `max_queue`: interactive requests start first and never get a
+        429 because of a batch."""
         try:
             await self.registry.require_live(job.model, job.capability)
+            if batch:
+                await anyio.to_thread.run_sync(partial(self._send, job, BATCH_PRIORITY))
+                return
             await self._admit(job.model)
             try:
                 await anyio.to_thread.run_sync(partial(self._send, job))
@@ -158,7 +165,7 @@ class Relay:
                 headers={"Retry-After": "1"},
             )
 
-    def _send(self, job: GenerateJob | EmbedJob) -> None:
+    def _send(self, job: GenerateJob | EmbedJob, priority: int | None = None) -> None:
         self.celery.send_task(
             TASK_EMBED if isinstance(job, EmbedJob) else TASK_GENERATE,
             args=[job.model_dump(mode="json")],
@@ -167,6 +174,7 @@ class Relay:
             queue=job.model,
             task_id=job.request_id,
             expires=datetime.fromtimestamp(job.expires_at, tz=timezone.utc),
+            priority=priority,  # Redis transport: 0 (default) is served first, 9 last
         )
 
 

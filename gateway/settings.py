@@ -46,6 +46,10 @@ class GatewaySettings(QueueSettings):
     max_upload_bytes: int = Field(200 << 20, ge=1024, description="largest file POST /v1/files accepts")
     upload_timeout: float = Field(600.0, gt=0, description="seconds a client has to send an upload's body")
 
+    batch_inflight: int = Field(8, ge=1, description="lines of one batch queued or running at a time")
+    batch_lease: float = Field(15.0, gt=0, description="seconds after which another gateway takes over a batch "
+                               "whose runner stopped")
+
     def keys(self) -> list[str]:
         """Every accepted API key (environment and file); empty means the API is open."""
         keys = [k.strip() for k in self.api_keys.split(",")]

@@ -36,6 +36,7 @@ from gateway.routes import metrics as metrics_route
 from gateway.security import GuardMiddleware
 from gateway.settings import GatewaySettings
 from gateway.storage import LocalStorage, S3Storage, Storage
+from gateway.tenants import FairShare
 from protocol.models_file import load_models_file
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ async def sweep_forever(store: JobStore, files: Files, interval: float) -> None:
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
+    tenants = settings.tenants()
     known_models = load_models_file(settings.models_file)
 
     @asynccontextmanager
@@ -78,8 +80,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         registry = Registry(redis, known_models, settings.heartbeat_ttl)
         app.state.redis = redis
         app.state.relay = Relay(redis, celery, registry, settings.queue_timeout, settings.idle_timeout,
-                                max_queue=settings.max_queue, metrics=metrics,
-                                show_prompts=settings.show_prompts)  # fmt: skip
+                                max_queue=settings.max_queue, metrics=metrics, show_prompts=settings.show_prompts,
+                                fair=FairShare(redis, tenants) if tenants else None)  # fmt: skip
         keeper = app.state.keeper = Detacher(JobStore(redis, registry, settings.result_ttl, metrics))
         app.state.files = Files(redis, file_storage(settings), settings.max_upload_bytes)
         app.state.batches = BatchStore(redis, settings.result_ttl)
@@ -104,7 +106,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     uploads = {"/v1/files": (settings.max_upload_bytes + 65536, settings.upload_timeout)}  # + the multipart framing
-    app.add_middleware(GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes,
+    app.add_middleware(GuardMiddleware, keys=tenants, max_body_bytes=settings.max_body_bytes,
                        body_timeout=settings.body_timeout, uploads=uploads)  # fmt: skip
     for module in (chat, stored_chat, completions, responses, files, batches, embeddings, models, health,
                    metrics_route, page):  # fmt: skip

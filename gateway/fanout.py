@@ -57,6 +57,11 @@ class Choices:
                 raise from_event(first)
         return self
 
+    @property
+    def queue_position(self) -> int | None:
+        """Requests ahead of the first job when it was queued (known when API keys are in use)."""
+        return self._streams[0].queue_position if self._streams else None
+
     def stop_watching_client(self) -> None:
         """From here on the SSE response notices a client that leaves."""
         for stream in self._streams:

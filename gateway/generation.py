@@ -21,6 +21,8 @@ from gateway.render import Body, Envelope, collect, sse_events, sse_stream
 from gateway.reply import Generation
 from protocol import FINAL_EVENTS, Event
 
+QUEUE_POSITION_HEADER = "X-QueueChat-Queue-Position"  # requests ahead of this one when it was queued
+
 
 async def respond(relay: Relay, generation: Generation, client_gone: ClientGone | None = None,
                   keeper: Detacher | None = None) -> Response:  # fmt: skip
@@ -40,6 +42,8 @@ async def respond(relay: Relay, generation: Generation, client_gone: ClientGone 
         raise
     env = Envelope(id=generation.response_id, model=generation.model, fmt=generation.reply.fmt)
     headers = {"X-Request-Id": generation.response_id}
+    if choices.queue_position is not None:
+        headers[QUEUE_POSITION_HEADER] = str(choices.queue_position)
     count = len(generation.jobs)
     if generation.reply.stream:
         choices.stop_watching_client()  # from here sse-starlette notices a client that leaves

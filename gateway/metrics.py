@@ -55,6 +55,9 @@ class Metrics:
                             ["model"], registry=r)  # fmt: skip
         self.outcomes = Counter("queuechat_request_outcomes", "How requests ended: stop, length, embeddings, an error "
                                 "code, or client_left", ["model", "outcome"], registry=r)  # fmt: skip
+        self.key_wait = Histogram("queuechat_key_queue_wait_seconds", "Queue wait of each API key's requests "
+                                  "(keys named in the keys file)", ["key"], buckets=_LATENCY, registry=r)  # fmt: skip
+        self.key_tokens = Counter("queuechat_key_generated_tokens", "Completion tokens per API key", ["key"], registry=r)
         self.kept = Counter("queuechat_kept_jobs", "Jobs kept past their connection, by how: stored, background "
                             "or detach (a grace period)", ["model", "how"], registry=r)  # fmt: skip
         self._cluster = _ClusterCollector()
@@ -79,8 +82,8 @@ class Metrics:
             snapshot[model] = (depth, workers, _decode(slots, workers), _decode(stats, workers, json.loads))
         self._cluster.snapshot = snapshot
 
-    def trace(self, model: str, request_id: str) -> RequestTrace:
-        return RequestTrace(self, model, request_id)
+    def trace(self, model: str, request_id: str, key: str | None = None) -> RequestTrace:
+        return RequestTrace(self, model, request_id, key)
 
 
 def _decode(raw: dict, workers: set[str], parse: Any = lambda v: v) -> dict[str, Any]:
@@ -151,8 +154,8 @@ _WORKER_GAUGES = {
 class RequestTrace:
     """Timings of one job's events; `close` records them and writes the request's log line."""
 
-    def __init__(self, metrics: Metrics, model: str, request_id: str) -> None:
-        self.metrics, self.model, self.request_id = metrics, model, request_id
+    def __init__(self, metrics: Metrics, model: str, request_id: str, key: str | None = None) -> None:
+        self.metrics, self.model, self.request_id, self.key = metrics, model, request_id, key
         self.queued = time.monotonic()
         self.started: float | None = None
         self.first: float | None = None
@@ -169,6 +172,8 @@ class RequestTrace:
             self.started = now
             self.prompt_tokens = event.prompt_tokens
             m.queue_wait.labels(model).observe(now - self.queued)
+            if self.key is not None:
+                m.key_wait.labels(self.key).observe(now - self.queued)
         elif isinstance(event, TokenEvent) and event.text:
             if self.first is None:
                 self.first = now
@@ -194,6 +199,8 @@ class RequestTrace:
         m.active.labels(model).dec()
         m.outcomes.labels(model, self.outcome).inc()
         m.tokens.labels(model).inc(self.tokens)
+        if self.key is not None:
+            m.key_tokens.labels(self.key).inc(self.tokens)
         m.prompt_tokens.labels(model).inc(self.prompt_tokens)
         ms = lambda t: f"{(t - self.queued) * 1000:.0f}ms" if t is not None else "-"  # noqa: E731
         request_log.info(

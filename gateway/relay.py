@@ -32,6 +32,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics, RequestTrace
 from gateway.registry import Registry
+from gateway.tenants import BATCH_PRIORITY, FairShare, current_tenant
 from protocol import (
     FINAL_EVENTS,
     TASK_EMBED,
@@ -52,8 +53,6 @@ log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 1.0  # how often a silent wait re-checks the workers' heartbeats and the client
 
-BATCH_PRIORITY = 9  # kombu's Redis transport keeps one list per priority step and pops 0 first
-
 ClientGone = Callable[[], Awaitable[bool]]
 OnLeave = Callable[[], Awaitable[None]]  # a kept job's reader left before the end (instead of cancelling)
 
@@ -61,8 +60,9 @@ OnLeave = Callable[[], Awaitable[None]]  # a kept job's reader left before the e
 class Relay:
     def __init__(self, redis: Redis, celery: Celery, registry: Registry, queue_timeout: float, idle_timeout: float,
                  max_queue: int | None = None, metrics: Metrics | None = None,
-                 show_prompts: bool = False) -> None:  # fmt: skip
+                 show_prompts: bool = False, fair: FairShare | None = None) -> None:  # fmt: skip
         self.redis = redis
+        self.fair = fair  # API keys' fair share and concurrency limits (None: the API is open)
         self.metrics = metrics
         self.show_prompts = show_prompts
         self.max_queue = max_queue
@@ -77,25 +77,36 @@ class Relay:
         """Queue `job`; the returned stream yields its events.  Close it (async with) when done.
         `client_gone` is asked while waiting: a client that left is not waited for.  A stream
         closed before the end cancels the job, unless `on_leave` says what to do instead."""
+        tenant = current_tenant.get()
         try:
             await self.registry.require_live(job.model, job.capability)
-            await self._admit(job.model)  # counted in _sending until it is in the list
+            priority = await self.fair.admit(tenant, job.model, job.request_id) if tenant and self.fair else None
             try:
-                pubsub = self.redis.pubsub()
-                kept = isinstance(job, GenerateJob) and job.kept  # its log can fill a gap in the live feed
-                stream = EventStream(self, pubsub, job.request_id, job.model, client_gone, on_leave=on_leave,
-                                     logged=kept)  # fmt: skip
-                if self.metrics is not None:
-                    stream.trace = self.metrics.trace(job.model, job.request_id)
+                await self._admit(job.model)  # counted in _sending until it is in the list
                 try:
-                    await pubsub.subscribe(channel_for(job.request_id))
-                    await _confirmed(pubsub)
-                    await anyio.to_thread.run_sync(partial(self._send, job))
-                except BaseException:
-                    await stream.aclose()
-                    raise
-            finally:
-                self._sending[job.model] -= 1
+                    pubsub = self.redis.pubsub()
+                    kept = isinstance(job, GenerateJob) and job.kept  # its log can fill a gap in the live feed
+                    stream = EventStream(self, pubsub, job.request_id, job.model, client_gone, on_leave=on_leave,
+                                         logged=kept)  # fmt: skip
+                    if self.metrics is not None:
+                        stream.trace = self.metrics.trace(job.model, job.request_id, tenant.name if tenant else None)
+                    if priority is not None and tenant is not None and self.fair is not None:
+                        stream.release = partial(self.fair.release, tenant, job.model, job.request_id)
+                    try:
+                        await pubsub.subscribe(channel_for(job.request_id))
+                        await _confirmed(pubsub)
+                        await anyio.to_thread.run_sync(partial(self._send, job, priority))
+                        if priority is not None and self.fair is not None:
+                            stream.queue_position = await self.fair.position(job.model, priority)
+                    except BaseException:
+                        await stream.aclose()
+                        raise
+                finally:
+                    self._sending[job.model] -= 1
+            except BaseException:
+                if priority is not None and tenant is not None and self.fair is not None:
+                    await self.fair.release(tenant, job.model, job.request_id)
+                raise
         except QUEUE_ERRORS as exc:
             await self.lost_redis(exc)
             raise queue_unavailable(exc) from exc
@@ -220,6 +231,8 @@ class EventStream:
         self._finished = False
         self._closed = False
         self.trace: RequestTrace | None = None  # timings for metrics and the request's log line
+        self.queue_position: int | None = None  # requests ahead of it when it was queued (API keys in use)
+        self.release: Callable[[], Awaitable[None]] | None = None  # ends its count against its API key
 
     async def __aenter__(self) -> EventStream:
         return self
@@ -317,6 +330,12 @@ class EventStream:
         if self.trace is not None:
             self.trace.close()
         request_id = self.request_id
+        if self.release is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.release()
+                except redis.exceptions.RedisError as exc:
+                    log.warning("could not end %s's count against its API key: %s", request_id, exc)
         with anyio.CancelScope(shield=True):
             try:
                 if not self._finished and self._on_leave is not None:

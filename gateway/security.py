@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import APIError, PayloadTooLarge, Unauthorized
+from gateway.tenants import Tenant, current_tenant
 
 OPEN_PATHS = frozenset({"/", "/health", "/metrics"})  # probes and scrapers; keep /metrics off the public network
 
@@ -28,19 +29,23 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def key_matches(presented: bytes, keys: list[bytes]) -> bool:
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    return matched
+def matching(presented: bytes, keys: list[bytes]) -> int | None:
+    """The index of the key `presented` is, comparing with every key (constant time)."""
+    found = None
+    for index, key in enumerate(keys):
+        if hmac.compare_digest(presented, key):
+            found = index
+    return found
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, keys: list[str], max_body_bytes: int, body_timeout: float = 30.0,
+    def __init__(self, app: ASGIApp, keys: list[str] | list[Tenant], max_body_bytes: int, body_timeout: float = 30.0,
                  uploads: dict[str, tuple[int, float]] | None = None) -> None:  # fmt: skip
-        """`uploads`: paths (POST /v1/files) with their own body size and time limits."""
+        """`keys`: the API keys (or tenants); `uploads`: paths (POST /v1/files) with their own body
+        size and time limits.  The matching key's tenant is `current_tenant` while the request runs."""
         self.app = app
-        self.keys = [k.encode() for k in keys]
+        self.tenants = [k if isinstance(k, Tenant) else Tenant(key=k, name=f"key-{i + 1}") for i, k in enumerate(keys)]
+        self.keys = [t.key.encode() for t in self.tenants]
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
         self.uploads = uploads or {}
@@ -52,10 +57,12 @@ class GuardMiddleware:
         if self.keys and scope["path"] not in OPEN_PATHS:
             auth = _header(scope, b"authorization") or b""
             scheme, _, token = auth.partition(b" ")
-            if scheme.lower() != b"bearer" or not key_matches(token.strip(), self.keys):
+            index = matching(token.strip(), self.keys) if scheme.lower() == b"bearer" else None
+            if index is None:
                 error = Unauthorized("Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.")
                 await self._reject(error, scope, receive, send)
                 return
+            current_tenant.set(self.tenants[index])
         limit, timeout = self.uploads.get(scope["path"], (self.max_body_bytes, self.body_timeout))
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from gateway.tenants import Tenant, parse_keys
 from protocol.settings import QueueSettings
 
 
@@ -46,13 +47,18 @@ class GatewaySettings(QueueSettings):
     max_upload_bytes: int = Field(200 << 20, ge=1024, description="largest file POST /v1/files accepts")
     upload_timeout: float = Field(600.0, gt=0, description="seconds a client has to send an upload's body")
 
-    batch_inflight: int = Field(8, ge=1, description="lines of one batch queued or running at a time")
+    batch_inflight: int = Field(4, ge=1, description="lines of one batch queued or running at a time (keep it under "
+                                "the model's slots: the rest stay free for interactive requests)")
     batch_lease: float = Field(15.0, gt=0, description="seconds after which another gateway takes over a batch "
                                "whose runner stopped")
 
+    def tenants(self) -> list[Tenant]:
+        """Every accepted API key with its attributes (see gateway/tenants.py); empty: the API is open."""
+        lines = [k.strip() for k in self.api_keys.split(",")]
+        if self.api_keys_file is not None:
+            lines += self.api_keys_file.read_text().splitlines()
+        return parse_keys(lines)
+
     def keys(self) -> list[str]:
         """Every accepted API key (environment and file); empty means the API is open."""
-        keys = [k.strip() for k in self.api_keys.split(",")]
-        if self.api_keys_file is not None:
-            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines()]
-        return [k for k in keys if k and not k.startswith("#")]
+        return [tenant.key for tenant in self.tenants()]

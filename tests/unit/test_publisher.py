@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import fakeredis
 
-from protocol import DoneEvent, StartEvent, TokenEvent, Usage, channel_for, decode_event, event_log_key, log_entry_id
+from protocol import (
+    DoneEvent,
+    StartEvent,
+    TokenEvent,
+    Usage,
+    channel_for,
+    decode_event,
+    event_log_key,
+    log_entry_id,
+)
 from workers.publisher import EventPublisher, Outbox
 
 

@@ -9,6 +9,7 @@
     queuechat flower [ARGS]             Flower, counting every model queue
     queuechat convert-chatglm SRC DST   a THUDM ChatGLM2/3 / GLM-4 checkpoint -> transformers' GLM (batched)
     queuechat responses get|wait|cancel ID   a stored or background response (the Responses API)
+    queuechat batch submit|status|results    the Batch API, with a progress bar
 
 Settings come from the environment (QUEUECHAT_REDIS_URL, QUEUECHAT_MODELS_FILE, ...).
 """
@@ -20,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from queuechat import batch_cli
 from workers.settings import WorkerSettings
 
 
@@ -200,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
     responses.add_argument("--interval", type=float, default=0.5, help="wait: seconds between polls")
     responses.add_argument("--json", action="store_true", help="wait: print the whole response as JSON")
     responses.set_defaults(run=_responses)
+    batch_cli.add_parser(sub)
     convert = sub.add_parser("convert-chatglm", help="convert a THUDM ChatGLM2/3 or GLM-4 checkpoint to transformers' GLM")
     convert.add_argument("src", type=Path, help="the THUDM checkpoint folder (config.json model_type chatglm)")
     convert.add_argument("dst", type=Path, help="the new folder (GlmForCausalLM, safetensors, fast tokenizer)")
@@ -216,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args, extra = parser().parse_known_args(argv)
-    if extra and args.command in ("models", "chat", "serve", "convert-chatglm", "responses"):
+    if extra and args.command in ("models", "chat", "serve", "convert-chatglm", "responses", "batch"):
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "serve":
         from gateway.settings import GatewaySettings

@@ -66,6 +66,25 @@ def test_responses_wait_get_and_cancel(env, gateway, client, workers, celery_con
     assert client.responses.retrieve(stuck.id).status == "cancelled"
 
 
+def test_batch_submit_follows_the_batch_and_results_prints_its_output(env, gateway, workdir) -> None:
+    url = ["--url", f"{gateway.base_url}/v1"]
+    requests = workdir / "cli-batch.jsonl"
+    requests.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": 3})
+                                + "\n" for i in range(6)))  # fmt: skip
+    submitted = run(["batch", "submit", str(requests), "--model", "tiny-a", *url], env, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.split()[0]
+    assert batch_id.startswith("batch_") and "completed: 6 completed, 0 failed" in submitted.stderr
+    status = run(["batch", "status", batch_id, *url], env)
+    assert json.loads(status.stdout)["request_counts"] == {"completed": 6, "failed": 0, "total": 6}
+    results = run(["batch", "results", batch_id, *url], env)
+    lines = [json.loads(line) for line in results.stdout.splitlines()]
+    assert [line["custom_id"] for line in lines] == [f"line-{i}" for i in range(1, 7)]
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    no_errors = run(["batch", "results", batch_id, "--errors", *url], env)
+    assert no_errors.returncode == 1 and "no error file" in no_errors.stderr
+
+
 def test_worker_and_serve_start_a_working_stack(env, workdir, redis_server, client) -> None:
     worker = Process([QUEUECHAT, "worker", "--model", "echo-fast", "--name", "cli-echo@testhost"],
                      workdir / "cli-worker.log", env)  # fmt: skip

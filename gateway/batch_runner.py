@@ -73,11 +73,16 @@ class BatchRunner:
         while True:
             busy = False
             try:
-                for batch_id in await self.store.active():
+                active = await self.store.active()
+            except Exception as exc:  # noqa: BLE001  (Redis away: try again shortly)
+                log.warning("could not list the active batches: %s", exc)
+                active = []
+            for batch_id in active:
+                try:  # one batch that fails (storage away, say) does not hold up the others
                     if await self._lease(keys=[self.store.key(batch_id, "lease")], args=[self.owner, self.lease_ms]):
                         busy |= await self.advance(batch_id)
-            except Exception as exc:  # noqa: BLE001  (Redis or the storage away: try again shortly)
-                log.warning("running batches failed: %s", exc)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("batch %s: this step failed, retrying: %s", batch_id, exc)
             await asyncio.sleep(interval if busy else 5 * interval)
 
     async def advance(self, batch_id: str) -> bool:

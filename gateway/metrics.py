@@ -58,6 +58,11 @@ class Metrics:
         self.key_wait = Histogram("queuechat_key_queue_wait_seconds", "Queue wait of each API key's requests "
                                   "(keys named in the keys file)", ["key"], buckets=_LATENCY, registry=r)  # fmt: skip
         self.key_tokens = Counter("queuechat_key_generated_tokens", "Completion tokens per API key", ["key"], registry=r)
+        self.queued = Counter("queuechat_queued_requests", "Requests queued by class (interactive / batch keys, "
+                              "batch_api lines) and the priority list they went to (0 first, 9 last)",
+                              ["class", "priority"], registry=r)  # fmt: skip
+        self.class_wait = Histogram("queuechat_class_queue_wait_seconds", "Queue wait by priority class of the "
+                                    "request's API key", ["class"], buckets=_LATENCY, registry=r)  # fmt: skip
         self.kept = Counter("queuechat_kept_jobs", "Jobs kept past their connection, by how: stored, background "
                             "or detach (a grace period)", ["model", "how"], registry=r)  # fmt: skip
         self._cluster = _ClusterCollector()
@@ -82,8 +87,8 @@ class Metrics:
             snapshot[model] = (depth, workers, _decode(slots, workers), _decode(stats, workers, json.loads))
         self._cluster.snapshot = snapshot
 
-    def trace(self, model: str, request_id: str, key: str | None = None) -> RequestTrace:
-        return RequestTrace(self, model, request_id, key)
+    def trace(self, model: str, request_id: str, key: str | None = None, klass: str | None = None) -> RequestTrace:
+        return RequestTrace(self, model, request_id, key, klass)
 
 
 def _decode(raw: dict, workers: set[str], parse: Any = lambda v: v) -> dict[str, Any]:
@@ -154,8 +159,9 @@ _WORKER_GAUGES = {
 class RequestTrace:
     """Timings of one job's events; `close` records them and writes the request's log line."""
 
-    def __init__(self, metrics: Metrics, model: str, request_id: str, key: str | None = None) -> None:
-        self.metrics, self.model, self.request_id, self.key = metrics, model, request_id, key
+    def __init__(self, metrics: Metrics, model: str, request_id: str, key: str | None = None,
+                 klass: str | None = None) -> None:  # fmt: skip
+        self.metrics, self.model, self.request_id, self.key, self.klass = metrics, model, request_id, key, klass
         self.queued = time.monotonic()
         self.started: float | None = None
         self.first: float | None = None
@@ -174,6 +180,8 @@ class RequestTrace:
             m.queue_wait.labels(model).observe(now - self.queued)
             if self.key is not None:
                 m.key_wait.labels(self.key).observe(now - self.queued)
+            if self.klass is not None:
+                m.class_wait.labels(self.klass).observe(now - self.queued)
         elif isinstance(event, TokenEvent) and event.text:
             if self.first is None:
                 self.first = now

@@ -89,15 +89,18 @@ class Relay:
                     stream = EventStream(self, pubsub, job.request_id, job.model, client_gone, on_leave=on_leave,
                                          logged=kept)  # fmt: skip
                     if self.metrics is not None:
-                        stream.trace = self.metrics.trace(job.model, job.request_id, tenant.name if tenant else None)
+                        stream.trace = self.metrics.trace(job.model, job.request_id, tenant.name if tenant else None,
+                                                          tenant.priority if tenant else None)  # fmt: skip
                     if priority is not None and tenant is not None and self.fair is not None:
                         stream.release = partial(self.fair.release, tenant, job.model, job.request_id)
                     try:
                         await pubsub.subscribe(channel_for(job.request_id))
                         await _confirmed(pubsub)
                         await anyio.to_thread.run_sync(partial(self._send, job, priority))
-                        if priority is not None and self.fair is not None:
+                        if priority is not None and self.fair is not None and tenant is not None:
                             stream.queue_position = await self.fair.position(job.model, priority)
+                            if self.metrics is not None:
+                                self.metrics.queued.labels(tenant.priority, str(priority)).inc()
                     except BaseException:
                         await stream.aclose()
                         raise
@@ -121,6 +124,8 @@ class Relay:
             await self.registry.require_live(job.model, job.capability)
             if batch:
                 await anyio.to_thread.run_sync(partial(self._send, job, BATCH_PRIORITY))
+                if self.metrics is not None:
+                    self.metrics.queued.labels("batch_api", str(BATCH_PRIORITY)).inc()
                 return
             await self._admit(job.model)
             try:

@@ -82,6 +82,10 @@ def test_a_steady_key_is_served_promptly_while_another_floods_the_model(keyed) -
     assert steady_p50 < 2.0, steady  # the flood's backlog is about 10 s
     assert max(flood) > 4 * steady_p50  # the flood did wait behind itself
     assert max(positions) > 50  # its positions were reported
+    metrics = httpx.get(f"{keyed.base_url}/metrics").text
+    assert 'queuechat_queued_requests_total{class="interactive",priority="6"}' in metrics  # the flood's excess
+    assert 'queuechat_key_queue_wait_seconds_count{key="steady"} 8.0' in metrics
+    assert 'queuechat_class_queue_wait_seconds_count{class="interactive"}' in metrics
 
 
 def test_a_key_past_its_max_concurrent_gets_429_with_retry_after(keyed) -> None:

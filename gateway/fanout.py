@@ -8,7 +8,7 @@ the choice's index.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import from_event
@@ -24,12 +24,15 @@ class Choices:
         self._streams = list(streams)
         self._reads: dict[asyncio.Future[Event], int] = {}
         self._open = set(range(len(self._streams)))
+        self._firsts: list[asyncio.Future[Event]] = []  # each stream's first event (start or error)
 
     @classmethod
     async def open(cls, relay: Relay, jobs: Sequence[GenerateJob], client_gone: ClientGone | None,
-                   on_leave: OnLeave | None = None) -> Choices:  # fmt: skip
+                   on_leave: OnLeave | None = None, patience: float | None = None) -> Choices:  # fmt: skip
         """Queue every job and wait for each one's first event: raise the first error any reports
-        (a prompt that is too long gets its 400 before a stream starts)."""
+        (a prompt that is too long gets its 400 before a stream starts).  With `patience`, wait
+        that long at most: if the jobs are still queued then, `waiting` is true and the caller
+        goes on (a stream can tell its client where it is in the queue) through `until_started`."""
         streams: list[EventStream] = []
         try:
             for job in jobs:
@@ -37,7 +40,7 @@ class Choices:
         except BaseException:
             await cls(streams).aclose()
             raise
-        return await cls(streams)._started()
+        return await cls(streams)._started(patience)
 
     @classmethod
     async def attach(cls, relay: Relay, record: JobRecord, on_leave: OnLeave | None) -> Choices:
@@ -45,9 +48,37 @@ class Choices:
         stream = await relay.attach(record.request_id, record.model, on_leave)
         return await cls([stream])._started()
 
-    async def _started(self) -> Choices:
+    async def _started(self, patience: float | None = None) -> Choices:
+        self._firsts = [asyncio.ensure_future(anext(s)) for s in self._streams]
         try:
-            firsts = await asyncio.gather(*(anext(s) for s in self._streams))
+            await asyncio.wait(self._firsts, timeout=patience, return_when=asyncio.FIRST_EXCEPTION)
+        except BaseException:
+            await self.aclose()
+            raise
+        if not self.waiting or any(f.done() and f.exception() for f in self._firsts):
+            await self._check_firsts()
+        return self
+
+    @property
+    def waiting(self) -> bool:
+        """Some job has not been started (or refused) by a worker yet."""
+        return any(not first.done() for first in self._firsts)
+
+    async def until_started(self, every: float) -> AsyncIterator[None]:
+        """Yield every `every` seconds while a job is still queued; then raise the first error,
+        as `open` does."""
+        while self.waiting:
+            await asyncio.wait([f for f in self._firsts if not f.done()], timeout=every,
+                               return_when=asyncio.FIRST_EXCEPTION)  # fmt: skip
+            if self.waiting and not any(f.done() and f.exception() for f in self._firsts):
+                yield
+            else:
+                break
+        await self._check_firsts()
+
+    async def _check_firsts(self) -> None:
+        try:
+            firsts = [first.result() for first in self._firsts]
         except BaseException:
             await self.aclose()
             raise
@@ -55,7 +86,6 @@ class Choices:
             if isinstance(first, ErrorEvent):
                 await self.aclose()
                 raise from_event(first)
-        return self
 
     @property
     def queue_position(self) -> int | None:
@@ -97,6 +127,11 @@ class Choices:
         await self.aclose()
 
     async def aclose(self) -> None:
+        pending = [first for first in self._firsts if not first.done()]
+        for first in pending:
+            first.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
         for read in self._reads:
             read.cancel()
         if self._reads:

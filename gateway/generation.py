@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
-from gateway.errors import InvalidRequest
+from gateway.errors import APIError, InvalidRequest
 from gateway.fanout import Choices
 from gateway.jobs import JobRecord, JobStore
 from gateway.keep import Detacher, Position, reply_of, sse_after
@@ -22,6 +22,7 @@ from gateway.reply import Generation
 from protocol import FINAL_EVENTS, Event
 
 QUEUE_POSITION_HEADER = "X-QueueChat-Queue-Position"  # requests ahead of this one when it was queued
+QUEUED_PATIENCE = 0.5  # seconds a keyed stream waits for a worker before it starts with its queue position
 
 
 async def respond(relay: Relay, generation: Generation, client_gone: ClientGone | None = None,
@@ -34,8 +35,10 @@ async def respond(relay: Relay, generation: Generation, client_gone: ClientGone 
     on_leave, record = None, None
     if generation.keep is not None and keeper is not None:
         generation, record, on_leave = await _kept(keeper, generation)
+    # With API keys, a stream still queued after a moment starts at once and says where it is
+    patience = QUEUED_PATIENCE if generation.reply.stream and len(generation.jobs) == 1 and relay.fair else None
     try:
-        choices = await Choices.open(relay, generation.jobs, client_gone, on_leave)
+        choices = await Choices.open(relay, generation.jobs, client_gone, on_leave, patience)
     except BaseException:
         if record is not None and keeper is not None and not await keeper.store.events(record):
             await keeper.store.delete(record)  # never queued (or never started): nothing to keep
@@ -51,6 +54,14 @@ async def respond(relay: Relay, generation: Generation, client_gone: ClientGone 
 
             async def numbered() -> AsyncIterator[bytes]:
                 async with choices:
+                    if choices.waiting:
+                        try:
+                            yield f": queue-position {choices.queue_position}\n\n".encode()
+                            async for _ in choices.until_started(every=1.0):
+                                yield b": queued\n\n"
+                        except APIError as exc:  # refused when a worker took it: the 200 is sent
+                            yield f"data: {exc.to_json()}\n\ndata: [DONE]\n\n".encode()
+                            return
                     async for data in sse_after(sse_events(choices, env, generation.reply, 1), env.id):
                         yield data
 

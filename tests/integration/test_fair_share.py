@@ -138,3 +138,22 @@ def test_interactive_requests_keep_their_ttft_while_a_batch_runs(client) -> None
           f"({busy / idle:.2f}x)")
     assert still_running  # measured while the batch ran
     assert busy < 1.5 * idle + 0.05, (idle, busy)  # loose: + 50 ms of scheduling noise on a loaded CI box
+
+
+def test_a_queued_stream_starts_with_its_queue_position(keyed, slow_worker, celery_control) -> None:
+    from tests.integration.processes import pause_queue
+
+    pause_queue(celery_control, "echo-slow", slow_worker.name)
+    try:
+        with httpx.stream("POST", f"{keyed.base_url}/v1/chat/completions", json=_body("wait for me", 3, True),
+                          headers={"Authorization": "Bearer sk-steady"}, timeout=60) as reply:  # fmt: skip
+            assert reply.status_code == 200  # the response started while the job waits in the queue
+            assert int(reply.headers["x-queuechat-queue-position"]) == 0
+            lines = reply.iter_lines()
+            assert next(lines) == ": queue-position 0"
+            celery_control.add_consumer("echo-slow", destination=[slow_worker.name], reply=True, timeout=5)
+            rest = list(lines)
+        assert rest[-2:] == ["data: [DONE]", ""] or rest[-1] == "data: [DONE]"
+        assert any(line.startswith("data: {") for line in rest)
+    finally:
+        celery_control.add_consumer("echo-slow", destination=[slow_worker.name], reply=True, timeout=5)

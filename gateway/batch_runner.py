@@ -6,9 +6,9 @@ worker has; a lease in Redis (`<host>:<pid>:<token>`, renewed while a gateway dr
 expiring QUEUECHAT_BATCH_LEASE seconds after it stops) makes exactly one gateway drive a batch at a time, and another take over when it dies.
 
 Each step is short and leaves its progress in Redis: validation writes the valid lines (a hash by
-line number) and the error lines; running keeps at most `batch_inflight` lines queued or running
-per batch, marks a line `sent` *before* queuing it (so a line is never queued twice, whoever takes
-over) and collects each finished line's result from its job's log (so none is lost: a job still
+line number) and the error lines; running keeps at most `batch_inflight` batch lines queued or
+running per model (over every batch: a sorted set of their request ids per model), marks a line
+`sent` *before* queuing it (so a line is never queued twice, whoever takes over) and collects each finished line's result from its job's log (so none is lost: a job still
 running when the runner died is followed by the next one).  Finalizing writes the output and
 error files in input order.
 """
@@ -46,6 +46,7 @@ from gateway.settings import GatewaySettings
 from protocol import (
     ACTIVE_BATCHES_KEY,
     FINAL_EVENTS,
+    KEY_PREFIX,
     EmbeddingsEvent,
     ErrorEvent,
     Event,
@@ -153,8 +154,6 @@ class BatchRunner:
             await self._stop(record, sorted(sent - done))
         else:
             for index in (i for i in all_lines if i not in sent):
-                if in_flight >= self.settings.batch_inflight:
-                    break
                 if not await self._send(record, index):
                     break
                 in_flight += 1
@@ -168,19 +167,33 @@ class BatchRunner:
         raw = await self.store.redis.hget(self.store.key(record.id, "lines"), str(index))
         return Line.model_validate_json(raw)
 
+    def _model_key(self, model: str) -> str:
+        return f"{KEY_PREFIX}batchrun:inflight:{model}"
+
     async def _send(self, record: BatchRecord, index: int) -> bool:
-        """Queue one line, marked sent first; False when its model has no live worker (try later)."""
+        """Queue one line, marked sent first; False when its model already has
+        QUEUECHAT_BATCH_INFLIGHT batch lines in flight (over every batch) or no live worker."""
         line = await self._line(record, index)
         redis, sent = self.store.redis, self.store.key(record.id, "sent")
+        model, request_id, now = line.job["model"], line.job["request_id"], time.time()
+        flying = self._model_key(model)
+        await redis.zremrangebyscore(flying, "-inf", now)
+        if await redis.zcard(flying) >= self.settings.batch_inflight:
+            return False
         if not await redis.sadd(sent, str(index)):
             return True  # another runner sent it
-        await redis.expire(sent, record.expires_at - int(time.time()) + self.store.ttl)
+        pipe = redis.pipeline(transaction=False)
+        pipe.expire(sent, record.expires_at - int(now) + self.store.ttl)
+        pipe.zadd(flying, {request_id: record.expires_at})
+        pipe.expire(flying, record.expires_at - int(now))
+        await pipe.execute()
         try:
             await self.relay.enqueue(line.job_model(), batch=True)
         except ModelNotFound as exc:
             await self._result(record, line, error=exc)
         except ServiceUnavailable:
             await redis.srem(sent, str(index))  # not queued: send it when a worker is back
+            await redis.zrem(flying, request_id)
             return False
         return True
 
@@ -219,6 +232,7 @@ class BatchRunner:
         redis, key = self.store.redis, self.store.key
         if await redis.hsetnx(key(record.id, "results"), str(line.index), json.dumps(entry)):
             await redis.hincrby(key(record.id, "counts"), "completed" if error is None else "failed", 1)
+        await redis.zrem(self._model_key(line.job["model"]), request_id)
         for part in ("results", "counts"):
             await redis.expire(key(record.id, part), record.expires_at - int(time.time()) + self.store.ttl)
 

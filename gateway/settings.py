@@ -47,8 +47,8 @@ class GatewaySettings(QueueSettings):
     max_upload_bytes: int = Field(200 << 20, ge=1024, description="largest file POST /v1/files accepts")
     upload_timeout: float = Field(600.0, gt=0, description="seconds a client has to send an upload's body")
 
-    batch_inflight: int = Field(4, ge=1, description="lines of one batch queued or running at a time (keep it under "
-                                "the model's slots: the rest stay free for interactive requests)")
+    batch_inflight: int = Field(4, ge=1, description="batch lines queued or running per model, over all batches "
+                                "(keep it under the model's slots: the rest stay free for interactive requests)")
     batch_lease: float = Field(15.0, gt=0, description="seconds after which another gateway takes over a batch "
                                "whose runner stopped")
 

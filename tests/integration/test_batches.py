@@ -8,12 +8,21 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 
 from protocol import batch_run_key, event_log_key
-from tests.integration.processes import Gateway, RedisServer, Worker, eventually, live_worker, stack_env
+from tests.integration.processes import (
+    Gateway,
+    RedisServer,
+    Worker,
+    eventually,
+    live_worker,
+    pause_queue,
+    stack_env,
+)
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -85,7 +94,7 @@ def test_an_embeddings_batch(env, workdir, redis_server, client) -> None:
 
 
 @pytest.fixture(scope="module")
-def own_stack(workdir, models_file) -> Iterator[tuple[RedisServer, dict[str, str]]]:
+def own_stack(workdir, models_file) -> Iterator[tuple[RedisServer, dict[str, str], Worker]]:
     """A Redis, an echo-slow worker and gateways of their own: these tests kill a gateway."""
     server = RedisServer(workdir)
     env = stack_env(server.url, models_file, QUEUECHAT_FILES_DIR=str(workdir / "batch-files"),
@@ -93,10 +102,41 @@ def own_stack(workdir, models_file) -> Iterator[tuple[RedisServer, dict[str, str
     worker = Worker(["echo-slow"], env, workdir)
     try:
         worker.wait_live(server.client, 120)
-        yield server, env
+        yield server, env, worker
     finally:
         worker.stop()
         server.stop()
+
+
+def test_queued_batch_lines_give_no_interactive_request_a_429(own_stack, workdir) -> None:
+    import celery
+
+    from protocol.settings import QueueSettings
+
+    server, env, worker = own_stack
+    gateway = Gateway({**env, "QUEUECHAT_MAX_QUEUE": "1"}, workdir)
+    control = celery.Celery("queuechat-tests", set_as_current=False)
+    control.conf.update(QueueSettings(redis_url=server.url).celery_conf())
+    try:
+        client = _sdk(gateway)
+        pause_queue(control.control, "echo-slow", worker.name)
+        try:
+            source = client.files.create(file=("in.jsonl", _jsonl(_slow_lines(8, 2))), purpose="batch")
+            batch = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h")  # fmt: skip
+            assert eventually(lambda: server.client.llen("echo-slow\x06\x169") == 4, timeout=30)  # lowest priority
+            assert server.client.llen("echo-slow") == 0  # what QUEUECHAT_MAX_QUEUE counts
+            with ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(client.chat.completions.create, **_slow_lines(1, 2)[0]["body"])
+                assert eventually(lambda: server.client.llen("echo-slow") == 1, timeout=10)  # admitted
+                control.control.add_consumer("echo-slow", destination=[worker.name], reply=True, timeout=5)
+                assert answer.result(timeout=60).choices[0].message.content
+        finally:
+            control.control.add_consumer("echo-slow", destination=[worker.name], reply=True, timeout=5)
+        assert eventually(lambda: client.batches.retrieve(batch.id).status == "completed", timeout=60)
+    finally:
+        control.close()
+        gateway.stop()
 
 
 def _slow_lines(n: int, tokens: int) -> list[dict]:
@@ -106,7 +146,7 @@ def _slow_lines(n: int, tokens: int) -> list[dict]:
 
 
 def test_cancel_mid_way_starts_no_more_lines(own_stack, workdir) -> None:
-    server, env = own_stack
+    server, env, _ = own_stack
     gateway = Gateway(env, workdir)
     try:
         client = _sdk(gateway)
@@ -128,7 +168,7 @@ def test_cancel_mid_way_starts_no_more_lines(own_stack, workdir) -> None:
 
 
 def test_a_killed_runner_is_replaced_and_every_line_appears_once(own_stack, workdir) -> None:
-    server, env = own_stack
+    server, env, _ = own_stack
     first = Gateway(env, workdir)
     second = None
     try:

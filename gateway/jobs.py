@@ -231,3 +231,12 @@ def metadata_of(value: Any) -> dict[str, str]:
                                  "most 512.", param="metadata")  # fmt: skip
     return dict(value)
 
+
+
+def list_page(items: list[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:
+    """OpenAI's list object for the `limit` items after the one whose id is `after`."""
+    ids = [item["id"] for item in items]
+    start = ids.index(after) + 1 if after in ids else 0
+    page = items[start : start + limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(items)}  # fmt: skip

@@ -19,7 +19,7 @@ from sse_starlette import EventSourceResponse
 
 from gateway.deps import HttpLabelsDep, KeeperDep, RelayDep, SettingsDep
 from gateway.errors import InvalidRequest, NotFound, from_event
-from gateway.jobs import JobRecord, JobStore, metadata_of
+from gateway.jobs import JobRecord, JobStore, list_page, metadata_of
 from gateway.keep import Detacher, detach_grace
 from gateway.relay import Relay
 from gateway.responses_render import ResponseState, replayed, stream_events
@@ -209,8 +209,4 @@ async def list_input_items(response_id: str, keeper: KeeperDep, after: str | Non
     items = list(record.request.get("input", []))
     if order == "desc":
         items.reverse()
-    ids = [item["id"] for item in items]
-    start = ids.index(after) + 1 if after in ids else 0
-    page = items[start:start + limit]
-    return JSONResponse({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                         "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(items)})  # fmt: skip
+    return JSONResponse(list_page(items, after, limit))

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from gateway.deps import KeeperDep
 from gateway.errors import NotFound
 from gateway.generation import stored_completion
-from gateway.jobs import JobRecord, JobStore, metadata_of
+from gateway.jobs import JobRecord, JobStore, list_page, metadata_of
 
 router = APIRouter()
 
@@ -99,9 +99,4 @@ async def chat_completion_messages(completion_id: str, keeper: KeeperDep, after:
                 for i, m in enumerate(record.request.get("messages", []))]  # fmt: skip
     if order == "desc":
         messages.reverse()
-    ids = [m["id"] for m in messages]
-    start = ids.index(after) + 1 if after in ids else 0
-    page = messages[start:start + limit]
-    return JSONResponse({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                         "last_id": page[-1]["id"] if page else None,
-                         "has_more": start + limit < len(messages)})  # fmt: skip
+    return JSONResponse(list_page(messages, after, limit))

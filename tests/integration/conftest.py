@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import DEFAULT_MODEL_FILE, EMBEDDING_MODEL_DIR
-from tests.integration.processes import Gateway, RedisServer, Worker, stack_env
+from tests.integration.processes import Gateway, RedisServer, Worker, live_worker, stack_env
 from tests.tiny_models import write_models_file
 
 
@@ -144,3 +144,18 @@ def celery_control(redis_server: RedisServer) -> Iterator[object]:
         yield app.control
     finally:
         app.close()
+
+
+@pytest.fixture(scope="module")
+def slow_worker(env: dict[str, str], workdir: Path, redis_server: RedisServer) -> Iterator[Worker]:
+    """A worker for echo-slow (50 ms a step) for the tests of one module, stopped after them."""
+    with live_worker(["echo-slow"], env, workdir, redis_server.client) as worker:
+        yield worker
+
+
+@pytest.fixture(scope="module")
+def other_gateway(env: dict[str, str], workdir: Path, slow_worker: Worker) -> Iterator[Gateway]:
+    """A second gateway on the shared stack (what one gateway started, the other can serve)."""
+    server = Gateway(env, workdir)
+    yield server
+    server.stop()

@@ -14,19 +14,13 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.processes import Gateway, live_worker
+from tests.integration.processes import Gateway
 
 KEYS_FILE = """# name, class, limits and weights per key
 sk-flood name=flood weight=1
 sk-steady name=steady weight=1
 sk-capped name=capped max_concurrent=2
 """
-
-
-@pytest.fixture(scope="module")
-def slow_worker(env, workdir, redis_server) -> Iterator[object]:
-    with live_worker(["echo-slow"], env, workdir, redis_server.client) as worker:
-        yield worker
 
 
 @pytest.fixture(scope="module")

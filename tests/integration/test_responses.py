@@ -25,22 +25,9 @@ CALL_TEXT = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}<
 
 
 @pytest.fixture(scope="module")
-def slow_worker(env, workdir, redis_server) -> Iterator[Worker]:
-    with live_worker(["echo-slow"], env, workdir, redis_server.client) as worker:
-        yield worker
-
-
-@pytest.fixture(scope="module")
 def fast_worker(env, workdir, redis_server) -> Iterator[Worker]:
     with live_worker(["echo-fast"], env, workdir, redis_server.client) as worker:
         yield worker
-
-
-@pytest.fixture(scope="module")
-def other_gateway(env, workdir, slow_worker) -> Iterator[Gateway]:
-    server = Gateway(env, workdir)
-    yield server
-    server.stop()
 
 
 def _client(gateway: Gateway) -> openai.OpenAI:

@@ -6,31 +6,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
 from protocol import DoneEvent, ErrorEvent, decode_event, event_log_key, job_record_key
-from tests.integration.processes import Gateway, eventually, live_worker
+from tests.integration.processes import eventually
 from tests.integration.sse import sse_messages
 from tests.spec import assert_valid
 
 GRACE = {"X-QueueChat-Detach-Grace": "30"}
-
-
-@pytest.fixture(scope="module")
-def slow_worker(env, workdir, redis_server) -> Iterator[object]:
-    with live_worker(["echo-slow"], env, workdir, redis_server.client) as worker:
-        yield worker
-
-
-@pytest.fixture(scope="module")
-def other_gateway(env, workdir, slow_worker) -> Iterator[Gateway]:
-    server = Gateway(env, workdir)
-    yield server
-    server.stop()
 
 
 def _position(event_id: str, response_id: str) -> str:

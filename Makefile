@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 EMBEDDING_MODEL := models/all-MiniLM-L6-v2
 
-.PHONY: run test venv model browser unit integration bench soak clean
+.PHONY: run test venv model browser unit integration bench soak gpu-check clean
 
 run: venv model
 	$(PY) scripts/run_stack.py
@@ -32,6 +32,10 @@ bench: venv model
 MINUTES ?= 10
 soak: venv model
 	$(PY) -m bench.soak --minutes $(MINUTES)
+
+# On a CUDA machine (make venv TORCH_SPEC=torch first): the batched engine's CUDA path, ~2 minutes.
+gpu-check: venv
+	$(PY) scripts/gpu_check.py
 
 venv: $(VENV)/.installed
 

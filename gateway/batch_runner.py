@@ -41,7 +41,7 @@ from gateway.files import Files
 from gateway.jobs import JobRecord, JobStore
 from gateway.keep import reply_of
 from gateway.relay import Relay
-from gateway.render import Envelope, collect, embedding_body
+from gateway.render import Envelope, collect_logged, embedding_body
 from gateway.settings import GatewaySettings
 from protocol import (
     ACTIVE_BATCHES_KEY,
@@ -279,16 +279,9 @@ async def _body(line: Line, events: list[Event]) -> dict[str, Any]:
     if line.kind == "embed":
         vectors = next(e for e in events if isinstance(e, EmbeddingsEvent))
         return json.loads(embedding_body(vectors, line.job["model"], line.encoding_format).to_json())
-    record = JobRecord(id=line.job["request_id"], kind="chat.completion", model=line.job["model"],
-                       request_id=line.job["request_id"], expires_at=0, reply=line.reply)  # fmt: skip
-    reply = reply_of(record, stream=False)
-
-    async def replay() -> AsyncIterator[tuple[int, Event]]:
-        for event in events:
-            yield 0, event
-
-    env = Envelope(id=record.id, model=record.model, fmt=reply.fmt)
-    return json.loads((await collect(replay(), env, reply, 1)).to_json())
+    reply = reply_of(line.reply, stream=False)
+    env = Envelope(id=line.job["request_id"], model=line.job["model"], fmt=reply.fmt)
+    return json.loads((await collect_logged(events, env, reply)).to_json())
 
 
 async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, bytes]]:

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from gateway.errors import APIError, InvalidRequest
 from gateway.keep import reply_fields
+from gateway.listing import ids_after
 from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest, CreateEmbeddingRequest
 from gateway.settings import GatewaySettings
 from protocol import (
@@ -195,9 +196,7 @@ class BatchStore:
         return sorted(i.decode() for i in await self.redis.smembers(ACTIVE_BATCHES_KEY))
 
     async def page(self, after: str | None, limit: int) -> list[BatchRecord]:
-        ids = [i.decode() for i in await self.redis.zrange(BATCHES_INDEX_KEY, 0, -1, desc=True)]
-        if after is not None:
-            ids = ids[ids.index(after) + 1:] if after in ids else []
+        ids = await ids_after(self.redis, BATCHES_INDEX_KEY, after, desc=True)
         found = []
         for batch_id in ids[: limit + 1]:
             if (record := await self.get(batch_id)) is not None:

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.errors import from_event
 from gateway.relay import ClientGone, EventStream, OnLeave, Relay
 from protocol import DoneEvent, ErrorEvent, Event, GenerateJob
-
-if TYPE_CHECKING:
-    from gateway.jobs import JobRecord
 
 
 class Choices:
@@ -43,9 +40,8 @@ class Choices:
         return await cls(streams)._started(patience)
 
     @classmethod
-    async def attach(cls, relay: Relay, record: JobRecord, on_leave: OnLeave | None) -> Choices:
-        """The one choice of a kept job, replayed from its first event."""
-        stream = await relay.attach(record.request_id, record.model, on_leave)
+    async def of(cls, stream: EventStream) -> Choices:
+        """One open event stream (a kept job's, replayed from its first event) as a started choice."""
         return await cls([stream])._started()
 
     async def _started(self, patience: float | None = None) -> Choices:

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from gateway.listing import ids_after
 from gateway.storage import Storage
 from protocol import FILES_INDEX_KEY, file_record_key
 
@@ -71,11 +72,8 @@ class Files:
     async def page(self, purpose: str | None, after: str | None, limit: int, order: str) -> list[FileRecord]:
         """Files in creation order (`asc`/`desc`) after the id `after`: up to limit + 1 (one more
         says there are more)."""
-        ids = [i.decode() for i in await self.redis.zrange(FILES_INDEX_KEY, 0, -1, desc=order == "desc")]
-        if after is not None:
-            ids = ids[ids.index(after) + 1:] if after in ids else []
         found: list[FileRecord] = []
-        for file_id in ids:
+        for file_id in await ids_after(self.redis, FILES_INDEX_KEY, after, desc=order == "desc"):
             record = await self.get(file_id)
             if record is not None and (purpose is None or record.purpose == purpose):
                 found.append(record)

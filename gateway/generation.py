@@ -12,14 +12,14 @@ from collections.abc import AsyncIterator
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
-from gateway.errors import APIError, InvalidRequest
+from gateway.errors import APIError, InvalidRequest, NotFound
 from gateway.fanout import Choices
-from gateway.jobs import JobRecord, JobStore
-from gateway.keep import Detacher, Position, reply_of, sse_after
+from gateway.jobs import JobRecord, JobStore, Kind
+from gateway.keep import Detacher, Position, reply_of, resume_position, sse_after
 from gateway.relay import ClientGone, OnLeave, Relay
-from gateway.render import Body, Envelope, collect, sse_events, sse_stream
+from gateway.render import Body, Envelope, collect, collect_logged, sse_events, sse_stream
 from gateway.reply import Generation
-from protocol import FINAL_EVENTS, Event
+from protocol import FINAL_EVENTS
 
 QUEUE_POSITION_HEADER = "X-QueueChat-Queue-Position"  # requests ahead of this one when it was queued
 QUEUED_PATIENCE = 0.5  # seconds a keyed stream waits for a worker before it starts with its queue position
@@ -92,29 +92,37 @@ async def _kept(keeper: Detacher, generation: Generation) -> tuple[Generation, J
     return kept, record, keeper.on_leave(record)
 
 
+async def resume_kept(relay: Relay, keeper: Detacher, kind: Kind, job_id: str, last_event_id: str | None,
+                      starting_after: int | None, missing: str) -> Response:  # fmt: skip
+    """`GET .../{id}/events` of a kept chat completion or completion: 404 (saying `missing`) when
+    there is no such kept job, else its numbered stream again past the client's position."""
+    record = await keeper.store.get(job_id, kind)
+    if record is None:
+        raise NotFound(missing)
+    return await resume(relay, keeper, record, resume_position(job_id, last_event_id, starting_after))
+
+
 async def resume(relay: Relay, keeper: Detacher, record: JobRecord, after: Position) -> Response:
     """The numbered stream of a kept chat completion or completion again, past `after`: replayed
     from its log, then live, then `[DONE]`."""
-    store = keeper.store
-    await store.settle(record)  # a job whose worker died ends here, not after the idle timeout
-    await store.attach(record.id, +1)
+    stream = await keeper.follow(relay, record)
     try:
-        choices = await Choices.attach(relay, record, keeper.on_leave(record))
+        choices = await Choices.of(stream)
     except BaseException:
-        await store.attach(record.id, -1)
+        await keeper.left(record)
         raise
-    reply = reply_of(record, stream=True)
+    reply = reply_of(record.reply, stream=True)
     env = Envelope(id=record.id, model=record.model, fmt=reply.fmt, created=record.created)
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def numbered() -> AsyncIterator[bytes]:
         try:
             async with choices:
                 async for data in sse_after(sse_events(choices, env, reply, 1), record.id, after):
                     yield data
         finally:
-            await store.attach(record.id, -1)
+            await keeper.left(record)
 
-    return EventSourceResponse(stream(), sep="\n", headers={"X-Request-Id": record.id})
+    return EventSourceResponse(numbered(), sep="\n", headers={"X-Request-Id": record.id})
 
 
 async def stored_completion(store: JobStore, record: JobRecord) -> Body | None:
@@ -123,11 +131,6 @@ async def stored_completion(store: JobStore, record: JobRecord) -> Body | None:
     events = await store.settled(record)
     if not events or not isinstance(events[-1], FINAL_EVENTS):
         return None
-    reply = reply_of(record, stream=False)
+    reply = reply_of(record.reply, stream=False)
     env = Envelope(id=record.id, model=record.model, fmt=reply.fmt, created=record.created)
-
-    async def replay() -> AsyncIterator[tuple[int, Event]]:
-        for event in events:
-            yield 0, event
-
-    return await collect(replay(), env, reply, 1)
+    return await collect_logged(events, env, reply)

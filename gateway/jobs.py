@@ -13,6 +13,7 @@ so every reader agrees it failed).
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import redis.exceptions
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from gateway.errors import InvalidRequest
+from gateway.listing import ids_after
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from protocol import (
@@ -174,21 +176,24 @@ class JobStore:
         pipe.zrem(UNFINISHED_KEY, record.id)
         await pipe.execute()
 
-    async def page(self, kind: Kind, after: str | None, limit: int, order: str) -> list[JobRecord]:
-        """Stored jobs of `kind` in creation order (`asc`/`desc`), after the id `after`."""
+    async def stored(self, kind: Kind, after: str | None, order: str) -> AsyncIterator[JobRecord]:
+        """Stored jobs of `kind` in creation order (`asc`/`desc`), after the id `after`; ids whose
+        record has expired leave the index on the way."""
         index = stored_index_key(kind)
         await self.redis.zremrangebyscore(index, "-inf", time.time() - self.ttl - 86400)  # long gone
-        ids = [i.decode() for i in await self.redis.zrange(index, 0, -1, desc=order == "desc")]
-        if after is not None:
-            ids = ids[ids.index(after) + 1:] if after in ids else []
-        records = []
-        for job_id in ids:
+        for job_id in await ids_after(self.redis, index, after, desc=order == "desc"):
             record = await self.get(job_id, kind)
             if record is None:
                 await self.redis.zrem(index, job_id)  # expired
-                continue
+            else:
+                yield record
+
+    async def page(self, kind: Kind, after: str | None, limit: int, order: str) -> list[JobRecord]:
+        """Up to limit + 1 stored jobs (one more than asked: tells whether there are more)."""
+        records: list[JobRecord] = []
+        async for record in self.stored(kind, after, order):
             records.append(record)
-            if len(records) > limit:  # one more than asked: tells whether there are more
+            if len(records) > limit:
                 break
         return records
 
@@ -232,11 +237,3 @@ def metadata_of(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-
-def list_page(items: list[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:
-    """OpenAI's list object for the `limit` items after the one whose id is `after`."""
-    ids = [item["id"] for item in items]
-    start = ids.index(after) + 1 if after in ids else 0
-    page = items[start : start + limit]
-    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(items)}  # fmt: skip

@@ -21,7 +21,7 @@ import redis.exceptions
 
 from gateway.errors import InvalidRequest
 from gateway.jobs import JobRecord, JobStore
-from gateway.relay import OnLeave
+from gateway.relay import EventStream, OnLeave, Relay
 from gateway.reply import Format, Reply
 from protocol import FINAL_EVENTS, attached_key, cancel_key_for
 
@@ -73,8 +73,8 @@ def reply_fields(reply: Reply) -> dict[str, Any]:
     return fields
 
 
-def reply_of(record: JobRecord, stream: bool) -> Reply:
-    fields = dict(record.reply)
+def reply_of(fields: dict[str, Any], stream: bool) -> Reply:
+    """The Reply that `reply_fields` wrote down (a job record's or a batch line's)."""
     return Reply(fmt=Format(fields["fmt"]), stream=stream, include_usage=fields["include_usage"],
                  logprobs=fields["logprobs"], prefixes=tuple(fields["prefixes"]), n=fields["n"],
                  tool_names=frozenset(fields["tool_names"]))  # fmt: skip
@@ -136,6 +136,21 @@ class Detacher:
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self._timers: set[asyncio.Task[None]] = set()
+
+    async def follow(self, relay: Relay, record: JobRecord) -> EventStream:
+        """A reader (re-)attaching to a kept job: the job is settled first (one whose worker died
+        ends now, not after the idle timeout), then the reader is counted, so that a grace timer
+        leaves the job alone, until it calls `left`."""
+        await self.store.settle(record)
+        await self.store.attach(record.id, +1)
+        try:
+            return await relay.attach(record.request_id, record.model, self.on_leave(record))
+        except BaseException:
+            await self.left(record)
+            raise
+
+    async def left(self, record: JobRecord) -> None:
+        await self.store.attach(record.id, -1)
 
     def on_leave(self, record: JobRecord) -> OnLeave:
         async def left() -> None:

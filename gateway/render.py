@@ -12,7 +12,7 @@ import base64
 import json
 import struct
 import time
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from gateway.errors import APIError, InternalError, from_event
@@ -246,6 +246,16 @@ async def collect(events: AsyncIterable[tuple[int, Event]], env: Envelope, reply
     if any(state.usage is None for state in states):
         raise InternalError("The worker ended the response without finishing it.")
     return env.wrap([env.whole(s) for s in states], chunk=False, usage=total_usage(states, reply.n))
+
+
+async def collect_logged(events: Sequence[Event], env: Envelope, reply: Reply) -> Body:
+    """`collect` over the events of one finished job, as its log holds them."""
+
+    async def replay() -> AsyncIterator[tuple[int, Event]]:
+        for event in events:
+            yield 0, event
+
+    return await collect(replay(), env, reply, 1)
 
 
 def _floats(vector: str) -> list[float]:

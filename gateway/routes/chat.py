@@ -6,9 +6,8 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
 from gateway.deps import HttpLabelsDep, KeeperDep, RelayDep, SettingsDep
-from gateway.errors import NotFound
-from gateway.generation import respond, resume
-from gateway.keep import DETACH_GRACE_HEADER, detach_grace, resume_position
+from gateway.generation import respond, resume_kept
+from gateway.keep import DETACH_GRACE_HEADER, detach_grace
 from gateway.openai_types import CreateChatCompletionRequest
 
 router = APIRouter()
@@ -30,8 +29,6 @@ async def create_chat_completion(body: CreateChatCompletionRequest, request: Req
 @router.get("/v1/chat/completions/{completion_id}/events", response_model=None)
 async def resume_chat_completion(completion_id: str, relay: RelayDep, keeper: KeeperDep, last_event_id: LastEventId = None,
                                  starting_after: StartingAfter = None) -> Response:  # fmt: skip
-    record = await keeper.store.get(completion_id, "chat.completion")
-    if record is None:
-        raise NotFound(f"No kept chat completion '{completion_id}' (only requests with \"store\": true or an "
-                       f"{DETACH_GRACE_HEADER} header can be resumed, until they expire).")  # fmt: skip
-    return await resume(relay, keeper, record, resume_position(completion_id, last_event_id, starting_after))
+    missing = (f"No kept chat completion '{completion_id}' (only requests with \"store\": true or an "
+               f"{DETACH_GRACE_HEADER} header can be resumed, until they expire).")  # fmt: skip
+    return await resume_kept(relay, keeper, "chat.completion", completion_id, last_event_id, starting_after, missing)

@@ -4,9 +4,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.deps import HttpLabelsDep, KeeperDep, RelayDep, SettingsDep
-from gateway.errors import NotFound
-from gateway.generation import respond, resume
-from gateway.keep import DETACH_GRACE_HEADER, detach_grace, resume_position
+from gateway.generation import respond, resume_kept
+from gateway.keep import DETACH_GRACE_HEADER, detach_grace
 from gateway.openai_types import CreateCompletionRequest
 from gateway.routes.chat import GraceHeader, LastEventId, StartingAfter
 
@@ -24,8 +23,6 @@ async def create_completion(body: CreateCompletionRequest, request: Request, rel
 @router.get("/v1/completions/{completion_id}/events", response_model=None)
 async def resume_completion(completion_id: str, relay: RelayDep, keeper: KeeperDep, last_event_id: LastEventId = None,
                             starting_after: StartingAfter = None) -> Response:  # fmt: skip
-    record = await keeper.store.get(completion_id, "text_completion")
-    if record is None:
-        raise NotFound(f"No kept completion '{completion_id}' (only requests with an {DETACH_GRACE_HEADER} "
-                       "header can be resumed, until they expire).")  # fmt: skip
-    return await resume(relay, keeper, record, resume_position(completion_id, last_event_id, starting_after))
+    missing = (f"No kept completion '{completion_id}' (only requests with an {DETACH_GRACE_HEADER} header can "
+               "be resumed, until they expire).")  # fmt: skip
+    return await resume_kept(relay, keeper, "text_completion", completion_id, last_event_id, starting_after, missing)

@@ -19,8 +19,9 @@ from sse_starlette import EventSourceResponse
 
 from gateway.deps import HttpLabelsDep, KeeperDep, RelayDep, SettingsDep
 from gateway.errors import InvalidRequest, NotFound, from_event
-from gateway.jobs import JobRecord, JobStore, list_page, metadata_of
+from gateway.jobs import JobRecord, JobStore, metadata_of
 from gateway.keep import Detacher, detach_grace
+from gateway.listing import list_page
 from gateway.relay import Relay
 from gateway.responses_render import ResponseState, replayed, stream_events
 from gateway.responses_request import CreateResponseRequest, new_response_id
@@ -134,14 +135,7 @@ async def create_response(body: CreateResponseRequest, request: Request, relay: 
 
 async def _follow(relay: Relay, keeper: Detacher, record: JobRecord, after: int) -> Response:
     """A kept response's stream from the start (replayed, then live), past sequence number `after`."""
-    store = keeper.store
-    await store.settle(record)
-    await store.attach(record.id, +1)
-    try:
-        stream = await relay.attach(record.request_id, record.model, keeper.on_leave(record))
-    except BaseException:
-        await store.attach(record.id, -1)
-        raise
+    stream = await keeper.follow(relay, record)
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
@@ -149,7 +143,7 @@ async def _follow(relay: Relay, keeper: Detacher, record: JobRecord, after: int)
                 async for chunk in stream_events(ResponseState(record), stream, after):
                     yield chunk
         finally:
-            await store.attach(record.id, -1)
+            await keeper.left(record)
 
     return _sse(chunks(), record.id)
 

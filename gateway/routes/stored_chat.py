@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from gateway.deps import KeeperDep
 from gateway.errors import NotFound
 from gateway.generation import stored_completion
-from gateway.jobs import JobRecord, JobStore, list_page, metadata_of
+from gateway.jobs import JobRecord, JobStore, metadata_of
+from gateway.listing import list_page
 
 router = APIRouter()
 
@@ -49,23 +50,17 @@ async def list_chat_completions(request: Request, keeper: KeeperDep, model: str 
     wanted = {key[len("metadata["):-1]: value for key, value in request.query_params.items()
               if key.startswith("metadata[") and key.endswith("]")}  # fmt: skip
     data: list[dict[str, Any]] = []
-    cursor = after
-    while len(data) <= limit:
-        records = await keeper.store.page("chat.completion", cursor, limit, order)
-        if not records:
-            break
-        for record in records:
-            cursor = record.id
-            if (model and record.model != model) or any(record.metadata.get(k) != v for k, v in wanted.items()):
-                continue
-            try:
-                body = await stored_completion(keeper.store, record)
-            except Exception:  # noqa: BLE001  (one that failed is not a completion to list)
-                continue
-            if body is not None:
-                data.append(_body(body))
-        if len(records) <= limit:
-            break
+    async for record in keeper.store.stored("chat.completion", after, order):
+        if (model and record.model != model) or any(record.metadata.get(k) != v for k, v in wanted.items()):
+            continue
+        try:
+            body = await stored_completion(keeper.store, record)
+        except Exception:  # noqa: BLE001  (one that failed is not a completion to list)
+            continue
+        if body is not None:
+            data.append(_body(body))
+            if len(data) > limit:  # one more than asked: tells whether there are more
+                break
     more = len(data) > limit
     data = data[:limit]
     return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,

@@ -6,6 +6,7 @@ In one run, on the same prompts (temperature 0):
   (c) a table of tokens/s, TTFT and inter-token latency, with ratios against (a).
 Tokens are counted by re-tokenizing the received text with the model's tokenizer.
 --echo measures the relay alone: an instant model-free adapter behind one gateway.
+--echo --streams N holds N concurrent streams through one gateway (bench/streams.py).
 --keep also runs every level with `"store": true` (a kept job: event log + job record), alternating
 with plain requests, and prints the kept/plain throughput ratio: the event log's cost.
 """
@@ -154,9 +155,17 @@ def main() -> None:
     parser.add_argument("--compare-model", default=None, help="model name at --compare-url")
     parser.add_argument("--echo", action="store_true", help="relay throughput with the model-free echo adapter")
     parser.add_argument("--keep", action="store_true", help="also measure kept (store: true) requests: the event log's cost")
+    parser.add_argument("--streams", type=int, help="with --echo: this many concurrent streams through one gateway")
+    parser.add_argument("--workers", type=int, default=4, help="with --streams: echo workers sharing the slots")
+    parser.add_argument("--step-delay", type=float, default=0.5, help="with --streams: seconds per echo step")
+    parser.add_argument("--client-processes", type=int, default=2, help="with --streams: processes running clients")
     args = parser.parse_args()
     args.compare_model = args.compare_model or args.model
-    if args.echo:
+    if args.echo and args.streams:
+        from bench.streams import bench_streams
+
+        bench_streams(args.streams, args.workers, args.step_delay, args.max_tokens, args.client_processes)
+    elif args.echo:
         if args.concurrency == [1, 4, 8, 16]:
             args.concurrency = [16, 64]
         bench_echo(args)

@@ -69,19 +69,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # One connection per in-flight request (its subscription); when all are taken, wait a
-        # little for one instead of failing (redis-py's default pool stops at 100).
+        # A few connections, shared by every request: one holds the gateway's subscriptions
+        # (gateway/subscriber.py), the others run commands; when all are busy, a command waits
+        # a little for one instead of failing.
         # A Redis that cannot be reached fails a connection attempt in 5 s, not the OS's minutes.
         pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
                                                timeout=10, socket_connect_timeout=5)  # fmt: skip
         redis = Redis(connection_pool=pool)
         celery = Celery("queuechat-gateway", set_as_current=False)  # sends tasks by name; runs none
-        celery.conf.update(settings.celery_conf())
+        celery.conf.update(settings.celery_conf(), broker_pool_limit=settings.broker_connections)
         registry = Registry(redis, known_models, settings.heartbeat_ttl)
         app.state.redis = redis
         app.state.relay = Relay(redis, celery, registry, settings.queue_timeout, settings.idle_timeout,
                                 max_queue=settings.max_queue, metrics=metrics, show_prompts=settings.show_prompts,
-                                fair=FairShare(redis, tenants) if tenants else None)  # fmt: skip
+                                fair=FairShare(redis, tenants) if tenants else None,
+                                buffer_bytes=settings.stream_buffer_bytes)  # fmt: skip
         keeper = app.state.keeper = Detacher(JobStore(redis, registry, settings.result_ttl, metrics))
         app.state.files = Files(redis, file_storage(settings), settings.max_upload_bytes)
         app.state.batches = BatchStore(redis, settings.result_ttl)
@@ -95,6 +97,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 loop.cancel()
             await keeper.close()
             await asyncio.gather(*loops, return_exceptions=True)
+            await app.state.relay.aclose()
             await redis.aclose()
             await pool.disconnect()
             celery.close()

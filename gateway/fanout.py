@@ -88,6 +88,11 @@ class Choices:
         """Requests ahead of the first job when it was queued (known when API keys are in use)."""
         return self._streams[0].queue_position if self._streams else None
 
+    @property
+    def ready(self) -> bool:
+        """The next event of a single stream is here already (several streams: unknown, False)."""
+        return len(self._streams) == 1 and self._streams[0].ready
+
     def stop_watching_client(self) -> None:
         """From here on the SSE response notices a client that leaves."""
         for stream in self._streams:

@@ -15,7 +15,7 @@ from sse_starlette import EventSourceResponse
 from gateway.errors import APIError, InvalidRequest, NotFound
 from gateway.fanout import Choices
 from gateway.jobs import JobRecord, JobStore, Kind
-from gateway.keep import Detacher, Position, reply_of, resume_position, sse_after
+from gateway.keep import Detacher, Position, coalesced, reply_of, resume_position, sse_after
 from gateway.relay import ClientGone, OnLeave, Relay
 from gateway.render import Body, Envelope, collect, collect_logged, sse_events, sse_stream
 from gateway.reply import Generation
@@ -62,7 +62,8 @@ async def respond(relay: Relay, generation: Generation, client_gone: ClientGone 
                         except APIError as exc:  # refused when a worker took it: the 200 is sent
                             yield f"data: {exc.to_json()}\n\ndata: [DONE]\n\n".encode()
                             return
-                    async for data in sse_after(sse_events(choices, env, generation.reply, 1), env.id):
+                    chunks = sse_after(sse_events(choices, env, generation.reply, 1), env.id)
+                    async for data in coalesced(chunks, lambda: choices.ready):
                         yield data
 
             return EventSourceResponse(numbered(), sep="\n", headers=headers)
@@ -117,7 +118,8 @@ async def resume(relay: Relay, keeper: Detacher, record: JobRecord, after: Posit
     async def numbered() -> AsyncIterator[bytes]:
         try:
             async with choices:
-                async for data in sse_after(sse_events(choices, env, reply, 1), record.id, after):
+                chunks = sse_after(sse_events(choices, env, reply, 1), record.id, after)
+                async for data in coalesced(chunks, lambda: choices.ready):
                     yield data
         finally:
             await keeper.left(record)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -126,6 +126,21 @@ async def sse_after(chunks: AsyncIterable[tuple[int, str]], job_id: str, after: 
     async for position, payload in numbered(chunks):
         if position > after:
             yield f"id: {job_id}:{position}\ndata: {payload}\n\n".encode()
+
+
+async def coalesced(chunks: AsyncIterable[bytes], more: Callable[[], bool], limit: int = 1 << 16) -> AsyncIterator[bytes]:
+    """The chunks, those that are ready together joined into one write (up to `limit` bytes):
+    a client that fell behind catches up in a few writes instead of one per token."""
+    buffer: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        buffer.append(chunk)
+        size += len(chunk)
+        if size >= limit or not more():
+            yield b"".join(buffer)
+            buffer, size = [], 0
+    if buffer:
+        yield b"".join(buffer)
 
 
 class Detacher:

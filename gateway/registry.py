@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -23,10 +26,12 @@ _NAMES = {"chat": "chat completions", "completions": "completions", "embeddings"
 class Registry:
     """Known models = the models file plus any model a worker announced; live = heartbeat within TTL."""
 
-    def __init__(self, redis: Redis, models: ModelsFile, heartbeat_ttl: float) -> None:
+    def __init__(self, redis: Redis, models: ModelsFile, heartbeat_ttl: float, fresh: float = 0.25) -> None:
         self._redis = redis
         self._models = models
         self._ttl = heartbeat_ttl
+        self._fresh = fresh  # seconds one reading of a model's heartbeats serves every open stream
+        self._readings: dict[str, tuple[float, asyncio.Future[dict[str, bool]]]] = {}
 
     async def _now(self) -> float:
         seconds, micros = await self._redis.time()  # Redis' clock, shared by every host
@@ -40,6 +45,23 @@ class Registry:
     async def is_alive(self, model: str, worker: str) -> bool:
         score = await self._redis.zscore(live_workers_key(model), worker)
         return score is not None and score >= await self._now() - self._ttl
+
+    async def liveness(self, model: str) -> dict[str, bool]:
+        """Worker -> whether its heartbeat for `model` is recent: one reading shared by every
+        caller within `fresh` seconds (thousands of waiting streams ask once a second each)."""
+        now = time.monotonic()
+        taken = self._readings.get(model)
+        if taken is None or now - taken[0] > self._fresh or (taken[1].done() and taken[1].exception()):
+            taken = self._readings[model] = (now, asyncio.ensure_future(self._read_liveness(model)))
+        return await asyncio.shield(taken[1])
+
+    async def _read_liveness(self, model: str) -> dict[str, bool]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.zrange(live_workers_key(model), 0, -1, withscores=True)
+        (seconds, micros), members = await pipe.execute()
+        since = seconds + micros / 1e6 - self._ttl
+        return {_text(worker): score >= since for worker, score in members}
 
     async def known_models(self) -> list[str]:
         announced = {_text(m) for m in await self._redis.smembers(MODELS_SEEN_KEY)}

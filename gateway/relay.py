@@ -1,6 +1,7 @@
 """Submit a job to its model's queue and relay the worker's events back, in order.
 
-Subscribe first, then send: no event can be published before the gateway listens.  While
+Subscribe first, then send: no event can be published before the gateway listens (on the
+gateway's one subscriber connection, gateway/subscriber.py).  While
 waiting, the gateway watches the workers' heartbeats, so a dead worker becomes an error within
 seconds instead of a hung stream.
 """
@@ -19,7 +20,6 @@ import anyio
 import redis.exceptions
 from celery import Celery
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 
 from gateway.errors import (
     QUEUE_ERRORS,
@@ -32,6 +32,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics, RequestTrace
 from gateway.registry import Registry
+from gateway.subscriber import GAP, Inbox, Subscriber
 from gateway.tenants import BATCH_PRIORITY, FairShare, current_tenant
 from protocol import (
     FINAL_EVENTS,
@@ -60,8 +61,10 @@ OnLeave = Callable[[], Awaitable[None]]  # a kept job's reader left before the e
 class Relay:
     def __init__(self, redis: Redis, celery: Celery, registry: Registry, queue_timeout: float, idle_timeout: float,
                  max_queue: int | None = None, metrics: Metrics | None = None,
-                 show_prompts: bool = False, fair: FairShare | None = None) -> None:  # fmt: skip
+                 show_prompts: bool = False, fair: FairShare | None = None,
+                 buffer_bytes: int = 1 << 20) -> None:  # fmt: skip
         self.redis = redis
+        self.subscriber = Subscriber(redis, buffer_bytes)  # one connection for every request's events
         self.fair = fair  # API keys' fair share and concurrency limits (None: the API is open)
         self.metrics = metrics
         self.show_prompts = show_prompts
@@ -84,9 +87,8 @@ class Relay:
             try:
                 await self._admit(job.model)  # counted in _sending until it is in the list
                 try:
-                    pubsub = self.redis.pubsub()
                     kept = isinstance(job, GenerateJob) and job.kept  # its log can fill a gap in the live feed
-                    stream = EventStream(self, pubsub, job.request_id, job.model, client_gone, on_leave=on_leave,
+                    stream = EventStream(self, job.request_id, job.model, client_gone, on_leave=on_leave,
                                          logged=kept)  # fmt: skip
                     if self.metrics is not None:
                         stream.trace = self.metrics.trace(job.model, job.request_id, tenant.name if tenant else None,
@@ -94,8 +96,7 @@ class Relay:
                     if priority is not None and tenant is not None and self.fair is not None:
                         stream.release = partial(self.fair.release, tenant, job.model, job.request_id)
                     try:
-                        await pubsub.subscribe(channel_for(job.request_id))
-                        await _confirmed(pubsub)
+                        await stream.subscribe()
                         await anyio.to_thread.run_sync(partial(self._send, job, priority))
                         if priority is not None and self.fair is not None and tenant is not None:
                             stream.queue_position = await self.fair.position(job.model, priority)
@@ -141,11 +142,9 @@ class Relay:
         """The events of a kept job, from its first: replayed from its log, then live.  Subscribe
         first, then read the log: an event missing from the log is published after the
         subscription (workers log before they publish), so nothing falls between the two."""
-        pubsub = self.redis.pubsub()
-        stream = EventStream(self, pubsub, request_id, model, client_gone, on_leave=on_leave, logged=True)
+        stream = EventStream(self, request_id, model, client_gone, on_leave=on_leave, logged=True)
         try:
-            await pubsub.subscribe(channel_for(request_id))
-            await _confirmed(pubsub)
+            await stream.subscribe()
             await stream.read_log()
         except BaseException as exc:
             await stream.aclose()
@@ -154,6 +153,9 @@ class Relay:
                 raise queue_unavailable(exc) from exc
             raise
         return stream
+
+    async def aclose(self) -> None:
+        await self.subscriber.aclose()
 
     async def lost_redis(self, exc: BaseException) -> None:
         """A connection to Redis broke: every idle connection in the pool is as dead as it is.
@@ -210,22 +212,15 @@ def task_summary(job: GenerateJob | EmbedJob, show_prompts: bool = False) -> str
     return f"({job.model}: {', '.join(parts)})"
 
 
-async def _confirmed(pubsub: PubSub) -> None:
-    """Wait for Redis to confirm the subscription."""
-    message = await pubsub.get_message(timeout=5.0)
-    if message is None or message["type"] != "subscribe":
-        raise ServiceUnavailable("Redis did not confirm the subscription.", code="queue_unavailable")
-
-
 class EventStream:
     """The events of one request, checked for order, with timeouts and worker-liveness checks."""
 
-    def __init__(self, relay: Relay, pubsub: PubSub, request_id: str, model: str, client_gone: ClientGone | None = None,
+    def __init__(self, relay: Relay, request_id: str, model: str, client_gone: ClientGone | None = None,
                  *, on_leave: OnLeave | None = None, logged: bool = False) -> None:  # fmt: skip
         self._relay = relay
         self.client_gone = client_gone  # asked about once a second; None once SSE watches the client
         self._last_check = time.monotonic()
-        self._pubsub = pubsub
+        self._inbox: Inbox | None = None  # its channel's messages, once subscribed
         self.request_id = request_id
         self.model = model
         self._on_leave = on_leave
@@ -265,6 +260,14 @@ class EventStream:
         self._finished = isinstance(event, FINAL_EVENTS)
         return event
 
+    @property
+    def ready(self) -> bool:
+        """An event is here already: reading it will not wait."""
+        return bool(self._backlog) or (self._inbox is not None and len(self._inbox) > 0)
+
+    async def subscribe(self) -> None:
+        self._inbox = await self._relay.subscriber.open(channel_for(self.request_id))
+
     async def read_log(self, after: int = -1) -> None:
         """Queue the logged events numbered above `after` (and above any already queued)."""
         start = max(after, self._next_seq + len(self._backlog) - 1) + 1
@@ -299,11 +302,19 @@ class EventStream:
         relay = self._relay
         limit = relay.idle_timeout if self._worker else relay.queue_timeout
         deadline = time.monotonic() + limit
+        assert self._inbox is not None, "subscribe first"
         while True:
-            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_SECONDS)
-            if message is not None and message["type"] == "message":
+            data = await self._inbox.get(_POLL_SECONDS)
+            if data is GAP:  # the subscriber's connection broke: events may be missing
+                if not self._logged:
+                    raise ServiceUnavailable("The connection to the queue was interrupted; part of this response "
+                                             "may be lost.", code="queue_unavailable")  # fmt: skip
+                await self.read_log(self._next_seq - 1)
+                if self._backlog:
+                    return self._backlog.popleft()
+            elif data is not None:
                 try:
-                    return decode_event(message["data"])
+                    return decode_event(data)
                 except ValueError as exc:  # pydantic's ValidationError is a ValueError
                     raise InternalError("A worker sent a malformed event.", code="bad_event") from exc
             if time.monotonic() > deadline:
@@ -320,15 +331,15 @@ class EventStream:
     async def _check_workers(self) -> None:
         registry, model = self._relay.registry, self.model
         if self._worker is None:
-            if not await registry.live_workers(model):
+            if not any((await registry.liveness(model)).values()):
                 raise await registry.unavailable(model, "any more")
-        elif not await registry.is_alive(model, self._worker):
+        elif not (await registry.liveness(model)).get(self._worker, False):
             raise ServiceUnavailable(f"The worker serving this request ({self._worker}) stopped.", code="worker_lost")
 
     async def aclose(self) -> None:
         """If the response is incomplete, tell the worker to stop (or never start); then drop the
-        subscription and its connection, whatever the first step did: a Redis that refuses a
-        write, or has gone away, must not leave a subscription or a socket behind."""
+        subscription, whatever the first step did: a Redis that refuses a write, or has gone
+        away, must not leave a subscription behind."""
         if self._closed:
             return
         self._closed = True
@@ -349,11 +360,5 @@ class EventStream:
                     await self._relay.redis.set(cancel_key_for(request_id), 1, ex=int(self._relay.queue_timeout) + 60)
             except redis.exceptions.RedisError as exc:
                 log.warning("could not tell the worker to stop %s: %s", request_id, exc)
-            connection = self._pubsub.connection
-            try:
-                if connection is not None and connection.is_connected:  # else nothing is subscribed
-                    await self._pubsub.unsubscribe()
-            except redis.exceptions.RedisError as exc:
-                log.warning("could not unsubscribe %s: %s", request_id, exc)
-            finally:
-                await self._pubsub.aclose()  # disconnects: Redis ends the subscription in any case
+            if self._inbox is not None:
+                await self._relay.subscriber.close(self._inbox)

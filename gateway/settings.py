@@ -19,7 +19,12 @@ class GatewaySettings(QueueSettings):
     idle_timeout: float = Field(60.0, gt=0, description="longest silence from a worker mid-request")
 
     redis_max_connections: int = Field(
-        4096, ge=16, description="each in-flight request holds one (its pub/sub subscription)"
+        6, ge=2, description="connections to Redis, shared by all requests: one subscribes to every request's "
+        "events, the others run commands (Celery's task sends use up to `broker_pool_limit` more)"
+    )
+    broker_connections: int = Field(1, ge=1, description="connections that send tasks (Celery's broker_pool_limit)")
+    stream_buffer_bytes: int = Field(
+        1 << 20, ge=4096, description="events waiting for a slow client beyond which its stream is stopped"
     )
 
     sweep_interval: float = Field(5.0, gt=0, description="seconds between checks of kept jobs whose worker may have died")

@@ -51,7 +51,10 @@ def _load_models(sender: str, instance: object, **_: object) -> None:
     if not isinstance(app, QueueChatCelery):
         return
     queues = sorted(app.amqp.queues.consume_from or [])  # the -Q queues
-    client = redis.Redis.from_url(app.settings.redis_url)
+    # Every task thread (one per slot: hundreds for a large batch) uses this client; past the
+    # pool's size a thread waits for a free connection instead of failing its request.
+    pool = redis.BlockingConnectionPool.from_url(app.settings.redis_url, max_connections=64, timeout=30)
+    client = redis.Redis(connection_pool=pool)
     outbox = Outbox(client)
     try:
         loaded = load_engines(app.settings, queues, outbox)

@@ -3,7 +3,8 @@
 Each class starts one child process, in its own process group, with its output in a log file (or
 this terminal), and knows when it is ready:
 
-    RedisServer     a throwaway `redis-server --port <free> --save ""`   ready: it answers PING
+    RedisServer     `redis-server --port <free> --save ""` (throwaway,   ready: it answers PING
+                    or append-only in `persistent_dir`)
     WorkerProcess   `celery -A workers worker -Q <models> -n <name>`     ready: its heartbeat is in Redis
     GatewayProcess  `python -m gateway --port <free>`                    ready: GET /health is 200
     FlowerProcess   `queuechat flower --port <p> --address 127.0.0.1`    ready: GET /healthcheck is 200
@@ -70,10 +71,16 @@ def redis_answers(url: str) -> bool:
 # ---- command lines ---------------------------------------------------------------------------
 
 
-def redis_command(port: int, workdir: Path | None = None) -> list[str]:
+def redis_command(port: int, workdir: Path | None = None, persistent_dir: Path | None = None) -> list[str]:
+    """`redis-server` on 127.0.0.1:`port`, no RDB snapshots.  Without `persistent_dir` nothing
+    outlives it (its files, if any, in `workdir`); with it, every write goes to an append-only file
+    in that folder, fsynced every second, which the next server started there replays: queued
+    tasks, kept jobs and batches survive a restart (at most the last second is lost on a crash)."""
     argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", LOCAL,
-            "--save", "", "--appendonly", "no"]  # fmt: skip
-    return argv + (["--dir", str(workdir)] if workdir is not None else [])
+            "--save", ""]  # fmt: skip
+    if persistent_dir is not None:
+        return argv + ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(persistent_dir)]
+    return argv + ["--appendonly", "no"] + (["--dir", str(workdir)] if workdir is not None else [])
 
 
 def worker_args(queues: Iterable[str], name: str | None = None, loglevel: str = "INFO",
@@ -109,16 +116,22 @@ def flower_command(port: int, address: str = LOCAL, program: list[str] | None = 
 
 
 class RedisServer(Process):
-    """`redis-server` on `port` (default: a free one), no persistence; its files in `workdir`."""
+    """`redis-server` on `port` (default: a free one); its files in `workdir`.  No persistence,
+    unless `persistent_dir` is given: then an append-only file there (created if need be), which
+    the next RedisServer started on that folder reloads."""
 
     ready_timeout = 15.0
 
     def __init__(self, port: int | None = None, *, workdir: Path | None = None, log_path: Path | None = None,
-                 env: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                 env: Mapping[str, str] | None = None, persistent_dir: Path | None = None) -> None:  # fmt: skip
         self.port = port or free_port()
         self.url = f"redis://{LOCAL}:{self.port}/0"
         self.client = redis.Redis.from_url(self.url)
-        super().__init__(redis_command(self.port, workdir), log_path, env, name="redis-server")
+        self.persistent_dir = persistent_dir
+        if persistent_dir is not None:
+            Path(persistent_dir).mkdir(parents=True, exist_ok=True)
+        argv = redis_command(self.port, workdir, persistent_dir)
+        super().__init__(argv, log_path, env, name="redis-server")
 
     def describe(self) -> str:
         return f"redis-server on port {self.port}"

@@ -1,13 +1,17 @@
 """`make run`: serve one model with everything it needs, in the foreground.
 
 Uses the Redis at REDIS_URL (default redis://127.0.0.1:6379/0) or, if none answers there, starts
-a local redis-server on that port.  Then starts Flower on :5555, one worker for the model and the
-gateway on http://127.0.0.1:8000.  Ctrl-C (or SIGTERM) stops everything it started.
+a local redis-server on that port, persistent: its append-only file (fsynced every second) in
+--redis-dir (default $QUEUECHAT_REDIS_DIR, else ~/.cache/queuechat/redis), so the queued requests,
+kept responses and batches of one run are there for the next.  Then starts Flower on :5555, one
+worker for the model and the gateway on http://127.0.0.1:8000.  Ctrl-C (or SIGTERM) stops
+everything it started.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -37,13 +41,17 @@ def start(stack: Stack, proc: Process) -> None:
     stack.add(proc, wait=False)
 
 
-def start_redis(stack: Stack, url: str) -> None:
+def default_redis_dir() -> Path:
+    return Path(os.environ.get("QUEUECHAT_REDIS_DIR") or Path.home() / ".cache" / "queuechat" / "redis")
+
+
+def start_redis(stack: Stack, url: str, data_dir: Path) -> None:
     parsed = urlparse(url)
     if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit(f"no Redis answers at {url}, and it is not local, so it cannot be started here")
     if not shutil.which("redis-server"):
         raise SystemExit(f"no Redis answers at {url} and redis-server is not installed")
-    server = RedisServer(parsed.port or 6379)
+    server = RedisServer(parsed.port or 6379, persistent_dir=data_dir)
     start(stack, server)
     try:
         server.wait_ready()
@@ -65,6 +73,8 @@ def main() -> int:
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
     parser.add_argument("--flower-port", type=int, default=5555, help="0 to run without Flower")
+    parser.add_argument("--redis-dir", type=Path, default=default_redis_dir(),
+                        help="where a redis-server started here keeps its append-only file (%(default)s)")
     args = parser.parse_args()
 
     env = stack_env(settings.redis_url)
@@ -73,7 +83,7 @@ def main() -> int:
         signal.signal(signum, _interrupt)
     try:
         if not redis_answers(settings.redis_url):
-            start_redis(stack, settings.redis_url)
+            start_redis(stack, settings.redis_url, args.redis_dir)
         if args.flower_port:  # on 127.0.0.1 only: its HTTP API (queue lengths ...) answers without a password
             start(stack, FlowerProcess(args.flower_port, env))
         start(stack, WorkerProcess([args.model, args.embeddings_model], env, name=f"{args.model}@%h"))

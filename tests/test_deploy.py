@@ -95,6 +95,16 @@ def test_gpu_worker_mounts_its_weights_where_the_models_file_points_and_reserves
     assert devices[0]["capabilities"] == ["gpu"]
 
 
+def test_redis_keeps_an_append_only_file_in_a_named_volume() -> None:
+    redis = SERVICES["redis"]
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert _arg_after(command, "--appendonly") == "yes" and _arg_after(command, "--appendfsync") == "everysec"
+    data_dir = _arg_after(command, "--dir") if "--dir" in command else "/data"  # the image's working folder
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in redis["volumes"]}
+    assert data_dir in volumes and volumes[data_dir] in COMPOSE["volumes"], "the file must outlive the container"
+
+
 def test_named_volumes_are_declared() -> None:
     used = {v.split(":")[0] for s in SERVICES.values() for v in s.get("volumes", []) if not v.startswith(".")}
     assert used <= set(COMPOSE.get("volumes", {}))

@@ -41,12 +41,14 @@ def eventually(condition: Callable[[], bool], timeout: float, every: float = 0.1
 
 
 class RedisServer(launcher.RedisServer):
-    """Answers PING once constructed; its files and log in `workdir`."""
+    """Answers PING once constructed; its files and log in `workdir`.  `persistent`: its
+    append-only file in `workdir`/redis-data, which a server started again there reloads."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False) -> None:
         port = port or free_port()
-        super().__init__(port, workdir=workdir, log_path=workdir / f"redis-{port}.log")
-        self.ready(10)
+        data = workdir / "redis-data" if persistent else None
+        super().__init__(port, workdir=workdir, log_path=workdir / f"redis-{port}.log", persistent_dir=data)
+        self.ready(30 if persistent else 10)  # reloading the append-only file takes a moment
 
 
 class Worker(launcher.WorkerProcess):

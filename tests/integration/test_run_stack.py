@@ -29,7 +29,8 @@ def test_run_serves_the_first_model_and_ctrl_c_stops_everything_it_started(
     redis_port = redis_server.port if redis_already_running else free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     gateway_port, flower_port = free_port(), free_port()
-    env = stack_env(redis_url, models, QUEUECHAT_PORT=str(gateway_port))
+    redis_dir = tmp_path / "redis"  # where a redis-server the script starts keeps its append-only file
+    env = stack_env(redis_url, models, QUEUECHAT_PORT=str(gateway_port), QUEUECHAT_REDIS_DIR=str(redis_dir))
     argv = [sys.executable, "scripts/run_stack.py", "--flower-port", str(flower_port)]
     run = Process(argv, tmp_path / "run.log", env)
     try:
@@ -53,6 +54,8 @@ def test_run_serves_the_first_model_and_ctrl_c_stops_everything_it_started(
     log = run.log_tail(100_000)
     assert "stopped everything it started" in log
     assert ("starting redis-server" in log) is not redis_already_running
+    assert ("--appendonly yes --appendfsync everysec" in log) is not redis_already_running  # persistent
+    assert (redis_dir / "appendonlydir").is_dir() is not redis_already_running
     time.sleep(0.5)
     assert not _listening(gateway_port) and not _listening(flower_port)
     assert _listening(redis_port) is redis_already_running

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from celery import signals
 
 from protocol import load_models_file
+from protocol.redis_clients import sync_client
 from workers.celery import QueueChatCelery
 from workers.engines import load_engines, pool_slots
 from workers.heartbeat import WorkerState
@@ -51,7 +51,7 @@ def _load_models(sender: str, instance: object, **_: object) -> None:
     if not isinstance(app, QueueChatCelery):
         return
     queues = sorted(app.amqp.queues.consume_from or [])  # the -Q queues
-    client = redis.Redis.from_url(app.settings.redis_url)
+    client = sync_client(app.settings)  # plain Redis or the Sentinels' master, as the settings say
     outbox = Outbox(client)
     try:
         loaded = load_engines(app.settings, queues, outbox)

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from celery import Celery
 from fastapi import FastAPI
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.batch_runner import BatchRunner
 from gateway.batches import BatchStore
@@ -38,6 +37,7 @@ from gateway.settings import GatewaySettings
 from gateway.storage import LocalStorage, S3Storage, Storage
 from gateway.tenants import FairShare
 from protocol.models_file import load_models_file
+from protocol.redis_clients import async_client
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         # (gateway/subscriber.py), the others run commands; when all are busy, a command waits
         # a little for one instead of failing.
         # A Redis that cannot be reached fails a connection attempt in 5 s, not the OS's minutes.
-        pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
-                                               timeout=10, socket_connect_timeout=5)  # fmt: skip
-        redis = Redis(connection_pool=pool)
+        # Plain or through Sentinel (QUEUECHAT_REDIS_SENTINELS), as every process: one factory.
+        redis = async_client(settings, max_connections=settings.redis_max_connections, timeout=10,
+                             socket_connect_timeout=5)  # fmt: skip
         celery = Celery("queuechat-gateway", set_as_current=False)  # sends tasks by name; runs none
         celery.conf.update(settings.celery_conf(), broker_pool_limit=settings.broker_connections)
         registry = Registry(redis, known_models, settings.heartbeat_ttl)
@@ -97,9 +97,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 loop.cancel()
             await keeper.close()
             await asyncio.gather(*loops, return_exceptions=True)
-            await app.state.relay.aclose()
-            await redis.aclose()
-            await pool.disconnect()
+            await app.state.relay.aclose()  # its subscriber connection
+            await redis.aclose()  # and its pool (and its connections to the Sentinels)
             celery.close()
 
     metrics = Metrics()

@@ -11,7 +11,7 @@
     queuechat responses get|wait|cancel ID   a stored or background response (the Responses API)
     queuechat batch submit|status|results    the Batch API, with a progress bar
 
-Settings come from the environment (QUEUECHAT_REDIS_URL, QUEUECHAT_MODELS_FILE, ...).
+Settings come from the environment (QUEUECHAT_REDIS_URL or QUEUECHAT_REDIS_SENTINELS, QUEUECHAT_MODELS_FILE, ...).
 """
 
 from __future__ import annotations
@@ -44,15 +44,16 @@ def _models(args: argparse.Namespace, _: list[str]) -> None:
     from adapters.select import choose_adapter
     from protocol import ModelFailure, failures_key, live_workers_key, slots_key
     from protocol.models_file import load_models_file
+    from protocol.redis_clients import describe, sync_client
 
     settings = WorkerSettings()
     models = load_models_file(settings.models_file)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3)
+    client = sync_client(settings, socket_timeout=3)
     try:
         seconds, _micros = client.time()
         reachable = True
     except redis.RedisError as exc:
-        print(f"(Redis at {settings.redis_url} unreachable: {exc}; showing the models file only)")
+        print(f"(Redis at {describe(settings)} unreachable: {exc}; showing the models file only)")
         reachable, seconds = False, 0
     print(f"models file: {settings.models_file}")
     print(f"{'model':24} {'adapter':11} {'slots':>5}  {'live workers (free/total slots)':34} path")

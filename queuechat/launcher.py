@@ -36,11 +36,12 @@ import httpx
 import redis
 
 from protocol import live_workers_key
+from protocol.redis_clients import sync_client
 from protocol.settings import QueueSettings
 from queuechat.process import LOCAL, REPO, P, Process, free_port, wait_for
 
 __all__ = [
-    "BIN", "LOCAL", "REPO", "Process", "free_port", "wait_for", "stack_env", "redis_answers",
+    "BIN", "LOCAL", "REPO", "Process", "free_port", "wait_for", "stack_env", "redis_settings", "redis_answers",
     "redis_command", "worker_args", "worker_command", "gateway_command", "flower_command",
     "RedisServer", "WorkerProcess", "GatewayProcess", "FlowerProcess", "Stack",
 ]  # fmt: skip
@@ -61,11 +62,29 @@ def stack_env(redis_url: str, models_file: Path | str | None = None, base: Mappi
     return env
 
 
-def redis_answers(url: str) -> bool:
+_REDIS_FIELDS = ("redis_url", "redis_sentinels", "redis_master", "redis_password", "redis_sentinel_password")
+
+
+def redis_settings(env: Mapping[str, str]) -> QueueSettings:
+    """Where a child process with environment `env` finds Redis (this process's environment does
+    not count): QUEUECHAT_REDIS_URL (or REDIS_URL), QUEUECHAT_REDIS_SENTINELS and the rest."""
+    values = {name: env[f"QUEUECHAT_{name.upper()}"] for name in _REDIS_FIELDS if f"QUEUECHAT_{name.upper()}" in env}
+    if "redis_url" not in values and "REDIS_URL" in env:
+        values["redis_url"] = env["REDIS_URL"]
+    defaults = {name: QueueSettings.model_fields[name].default for name in _REDIS_FIELDS}
+    return QueueSettings(**{**defaults, **values})
+
+
+def redis_answers(target: str | QueueSettings) -> bool:
+    """Whether the Redis at `target` (a URL, or the settings: plain or through Sentinel) answers PING."""
+    settings = redis_settings({"QUEUECHAT_REDIS_URL": target}) if isinstance(target, str) else target
+    client = sync_client(settings, socket_connect_timeout=1, socket_timeout=1)
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+        return bool(client.ping())
     except redis.RedisError:
         return False
+    finally:
+        client.close()
 
 
 # ---- command lines ---------------------------------------------------------------------------
@@ -168,9 +187,7 @@ class WorkerProcess(Process):
 
     def is_ready(self) -> bool:
         if self.redis_client is None:
-            env = os.environ if self.env is None else self.env
-            url = env.get("QUEUECHAT_REDIS_URL") or env.get("REDIS_URL") or QueueSettings().redis_url
-            self.redis_client = redis.Redis.from_url(url)
+            self.redis_client = sync_client(redis_settings(os.environ if self.env is None else self.env))
         node = self.node_name
         return all(self.redis_client.zscore(live_workers_key(q), node) is not None for q in self.queues)
 

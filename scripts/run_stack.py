@@ -3,7 +3,8 @@
 Uses the Redis at REDIS_URL (default redis://127.0.0.1:6379/0) or, if none answers there, starts
 a local redis-server on that port, persistent: its append-only file (fsynced every second) in
 --redis-dir (default $QUEUECHAT_REDIS_DIR, else ~/.cache/queuechat/redis), so the queued requests,
-kept responses and batches of one run are there for the next.  Then starts Flower on :5555, one
+kept responses and batches of one run are there for the next.  With QUEUECHAT_REDIS_SENTINELS set,
+the Sentinels' master must answer: nothing is started for it.  Then starts Flower on :5555, one
 worker for the model and the gateway on http://127.0.0.1:8000.  Ctrl-C (or SIGTERM) stops
 everything it started.
 """
@@ -82,7 +83,10 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background shell ignores it
         signal.signal(signum, _interrupt)
     try:
-        if not redis_answers(settings.redis_url):
+        if not redis_answers(settings):
+            if settings.redis_sentinels:  # QUEUECHAT_REDIS_SENTINELS: a Redis of its own is not for starting here
+                raise SystemExit(f"no master '{settings.redis_master}' answers through the Sentinels at "
+                                 f"{settings.redis_sentinels}")
             start_redis(stack, settings.redis_url, args.redis_dir)
         if args.flower_port:  # on 127.0.0.1 only: its HTTP API (queue lengths ...) answers without a password
             start(stack, FlowerProcess(args.flower_port, env))

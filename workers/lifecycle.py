@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from celery import signals
 
 from protocol import load_models_file
+from protocol.redis_clients import sync_client
 from workers.celery import QueueChatCelery
 from workers.engines import load_engines, pool_slots
 from workers.heartbeat import WorkerState
@@ -51,10 +51,10 @@ def _load_models(sender: str, instance: object, **_: object) -> None:
     if not isinstance(app, QueueChatCelery):
         return
     queues = sorted(app.amqp.queues.consume_from or [])  # the -Q queues
-    # Every task thread (one per slot: hundreds for a large batch) uses this client; past the
-    # pool's size a thread waits for a free connection instead of failing its request.
-    pool = redis.BlockingConnectionPool.from_url(app.settings.redis_url, max_connections=64, timeout=30)
-    client = redis.Redis(connection_pool=pool)
+    # Plain Redis or the Sentinels' master, as the settings say.  Every task thread (one per
+    # slot: hundreds for a large batch) uses this client; past the pool's size a thread waits
+    # for a free connection instead of failing its request.
+    client = sync_client(app.settings, max_connections=64, timeout=30)
     outbox = Outbox(client)
     try:
         loaded = load_engines(app.settings, queues, outbox)

@@ -1,0 +1,117 @@
+"""Every Redis client of every QueueChat process is made here, from the settings: the gateway's,
+the workers' (events, heartbeats, cancel checks), the CLI's and the launcher's readiness checks.
+Celery's broker follows the same settings through `QueueSettings.celery_conf()`.
+
+    sync_client(settings)    redis.Redis           workers, `queuechat models`, the launcher
+    async_client(settings)   redis.asyncio.Redis   the gateway (with `max_connections`: a bounded
+                                                   pool in which a caller waits for a free connection)
+
+With `QUEUECHAT_REDIS_SENTINELS` set, a client is redis-py's Sentinel-managed master client: each
+new connection first asks the Sentinels where the master named `QUEUECHAT_REDIS_MASTER` is.  After
+a failover, a connection to the old master fails (refused, reset, or READONLY once it is back as a
+replica), is dropped, and the next command connects to the promoted replica: no process restarts.
+
+Importing this module opens no connection (clients connect on first use).  Not re-exported by
+`protocol`, whose import stays free of redis-py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from protocol.settings import QueueSettings
+
+__all__ = ["AsyncSentinelMaster", "BlockingSentinelPool", "SentinelMaster", "SyncBlockingSentinelPool", "async_client",
+           "describe", "sync_client"]
+
+
+class SentinelMaster(redis.Redis):
+    """The master's client (sync); closing it also closes its connections to the Sentinels."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.connection_pool.sentinel_manager.close()
+
+
+class AsyncSentinelMaster(redis.asyncio.Redis):
+    """The master's client (asyncio); closing it also closes its connections to the Sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            await self.connection_pool.sentinel_manager.aclose()
+
+
+class BlockingSentinelPool(AsyncSentinelConnectionPool, redis.asyncio.BlockingConnectionPool):
+    """The Sentinel-managed master pool, bounded like the gateway's plain one: at most
+    `max_connections` connections, and a caller waits up to `timeout` seconds for one to come
+    free (then ConnectionError) instead of failing at once.  The Sentinel pool decides where a
+    connection goes, the blocking pool how many there are; their methods do not overlap."""
+
+
+class SyncBlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """`BlockingSentinelPool` for the sync client (a worker's task threads share it)."""
+
+
+def sync_client(settings: QueueSettings, *, max_connections: int | None = None, timeout: float | None = 30,
+                **options: Any) -> redis.Redis:  # fmt: skip
+    """A client of the Redis the settings name; `options` are redis-py connection options
+    (socket_timeout=...).  With `max_connections`, a thread waits up to `timeout` seconds for a
+    free connection once that many are in use."""
+    if not settings.redis_sentinels:
+        url = settings.direct_redis_url()
+        if max_connections is None:
+            return redis.Redis.from_url(url, **options)
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout, **options)
+        return redis.Redis(connection_pool=pool)
+    sentinel = Sentinel(settings.sentinels(), **_sentinel_options(settings, options))
+    if max_connections is None:
+        return sentinel.master_for(settings.redis_master, redis_class=SentinelMaster)
+    return sentinel.master_for(settings.redis_master, redis_class=SentinelMaster,
+                               connection_pool_class=SyncBlockingSentinelPool, max_connections=max_connections,
+                               timeout=timeout)  # fmt: skip
+
+
+def async_client(settings: QueueSettings, *, max_connections: int | None = None, timeout: float | None = 10,
+                 **options: Any) -> redis.asyncio.Redis:  # fmt: skip
+    """An asyncio client of the Redis the settings name.  With `max_connections`, its pool holds
+    at most that many and a caller waits up to `timeout` seconds for one; `aclose()` closes it all."""
+    if not settings.redis_sentinels:
+        url = settings.direct_redis_url()
+        if max_connections is None:
+            return redis.asyncio.Redis.from_url(url, **options)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout,
+                                                             **options)  # fmt: skip
+        return redis.asyncio.Redis.from_pool(pool)
+    sentinel = AsyncSentinel(settings.sentinels(), **_sentinel_options(settings, options))
+    if max_connections is None:
+        return sentinel.master_for(settings.redis_master, redis_class=AsyncSentinelMaster)
+    return sentinel.master_for(settings.redis_master, redis_class=AsyncSentinelMaster,
+                               connection_pool_class=BlockingSentinelPool, max_connections=max_connections,
+                               timeout=timeout)  # fmt: skip
+
+
+def describe(settings: QueueSettings) -> str:
+    """Where Redis is, for messages: no password."""
+    if settings.redis_sentinels:
+        return f"the master '{settings.redis_master}' of the Sentinels at {settings.redis_sentinels}"
+    url = settings.redis_url
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
+
+
+def _sentinel_options(settings: QueueSettings, options: dict[str, Any]) -> dict[str, Any]:
+    """redis-py's Sentinel(...) keywords: how to reach the Sentinels, then the master's
+    connection options (database, credentials, the caller's socket options)."""
+    username, password = settings.redis_credentials()
+    master = {"db": settings.redis_db(), "username": username, "password": password, **options}
+    return {"sentinel_kwargs": settings.sentinel_kwargs(), **master}

@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -70,9 +70,11 @@ def redis_answers(url: str) -> bool:
 # ---- command lines ---------------------------------------------------------------------------
 
 
-def redis_command(port: int, workdir: Path | None = None) -> list[str]:
-    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", LOCAL,
+def redis_command(port: int, workdir: Path | None = None, *, bind: str = LOCAL,
+                  password: str | None = None) -> list[str]:  # fmt: skip
+    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", bind,
             "--save", "", "--appendonly", "no"]  # fmt: skip
+    argv += ["--requirepass", password] if password else []
     return argv + (["--dir", str(workdir)] if workdir is not None else [])
 
 
@@ -109,16 +111,19 @@ def flower_command(port: int, address: str = LOCAL, program: list[str] | None = 
 
 
 class RedisServer(Process):
-    """`redis-server` on `port` (default: a free one), no persistence; its files in `workdir`."""
+    """`redis-server` on `bind:port` (default: 127.0.0.1, a free port), no persistence; its files in
+    `workdir`; with `password`, clients must AUTH (it is in `url`).  `prefix`: see `Process`."""
 
     ready_timeout = 15.0
 
     def __init__(self, port: int | None = None, *, workdir: Path | None = None, log_path: Path | None = None,
-                 env: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                 env: Mapping[str, str] | None = None, bind: str = LOCAL, password: str | None = None,
+                 prefix: Sequence[str] = ()) -> None:  # fmt: skip
         self.port = port or free_port()
-        self.url = f"redis://{LOCAL}:{self.port}/0"
+        self.url = f"redis://{f':{password}@' if password else ''}{bind}:{self.port}/0"
         self.client = redis.Redis.from_url(self.url)
-        super().__init__(redis_command(self.port, workdir), log_path, env, name="redis-server")
+        super().__init__(redis_command(self.port, workdir, bind=bind, password=password), log_path, env,
+                         name="redis-server", prefix=prefix)  # fmt: skip
 
     def describe(self) -> str:
         return f"redis-server on port {self.port}"
@@ -134,10 +139,10 @@ class WorkerProcess(Process):
 
     def __init__(self, queues: Iterable[str], env: Mapping[str, str] | None = None, *, name: str | None = None,
                  loglevel: str = "INFO", concurrency: int | None = None, extra_args: Iterable[str] = (),
-                 log_path: Path | None = None) -> None:  # fmt: skip
+                 log_path: Path | None = None, prefix: Sequence[str] = ()) -> None:  # fmt: skip
         self.queues = [q for q in queues if q]
         argv = worker_command(self.queues, name, loglevel, concurrency, extra_args)
-        super().__init__(argv, log_path, env, name=argv[argv.index("-n") + 1])
+        super().__init__(argv, log_path, env, name=argv[argv.index("-n") + 1], prefix=prefix)
         self.redis_client: redis.Redis | None = None
         self._node_name = ""
 
@@ -171,12 +176,14 @@ class GatewayProcess(Process):
     """`python -m gateway` on `port` (default: a free one); ready once GET /health answers 200."""
 
     def __init__(self, env: Mapping[str, str] | None = None, *, port: int | None = None, host: str | None = None,
-                 log_level: str | None = None, log_path: Path | None = None) -> None:  # fmt: skip
+                 log_level: str | None = None, log_path: Path | None = None,
+                 prefix: Sequence[str] = ()) -> None:  # fmt: skip
         self.port = port or free_port()
         reach = LOCAL if host in (None, "", "0.0.0.0", "::") else host
         self.base_url = f"http://{f'[{reach}]' if ':' in reach else reach}:{self.port}"
         self.url = f"{self.base_url}/v1"
-        super().__init__(gateway_command(self.port, host, log_level), log_path, env, name="gateway")
+        argv = gateway_command(self.port, host, log_level)
+        super().__init__(argv, log_path, env, name="gateway", prefix=prefix)
 
     def is_ready(self) -> bool:
         return httpx.get(f"{self.base_url}/health").status_code == 200

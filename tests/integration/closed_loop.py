@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -28,7 +29,8 @@ def echo_of(prompt: str, max_tokens: int) -> str:
 
 def openai_shaped(body: object) -> bool:
     error = body.get("error") if isinstance(body, dict) else None
-    return isinstance(error, dict) and isinstance(error.get("message"), str) and isinstance(error.get("type"), str)
+    return (isinstance(error, dict) and isinstance(error.get("message"), str)
+            and isinstance(error.get("type"), str))  # fmt: skip
 
 
 @dataclass
@@ -58,7 +60,8 @@ class HttpError:
 
 class Load:
     def __init__(self, gateways: list[str], model: str, max_tokens: int, *, clients: int, per_client: int,
-                 deadline: float, timeout: float, max_retries: int = 2, phase: str = "start") -> None:  # fmt: skip
+                 deadline: float, timeout: float, max_retries: int = 2,
+                 phase: str = "start") -> None:  # fmt: skip
         self.model, self.max_tokens, self.timeout, self.max_retries = model, max_tokens, timeout, max_retries
         self.clients, self.per_client = clients, per_client
         self.deadline = time.monotonic() + deadline
@@ -91,7 +94,7 @@ class Load:
             self._gateways.append(base_url)
 
     def stop(self, wait: float) -> list[str]:
-        """Stop sending; wait up to `wait` seconds for calls in flight; the names of threads still running."""
+        """Stop sending; wait up to `wait` s for the calls in flight; returns the threads still running."""
         self._stop.set()
         until = time.monotonic() + wait
         for thread in self._threads:
@@ -118,11 +121,13 @@ class Load:
 
     @staticmethod
     def summary(calls: list[Call]) -> dict[str, object]:
-        outcomes = Counter(c.outcome if c.outcome != "status" else f"status:{c.detail.split()[0]}" for c in calls)
+        outcomes = Counter(c.outcome if c.outcome != "status" else f"status {c.detail.split()[0]}"
+                           for c in calls)  # fmt: skip
+        refused = sum(1 for c in calls for _, what, _ in c.attempts if what == "connection")
         failed_over = sum(1 for c in calls if len({g for g, _, _ in c.attempts}) > 1)
         slowest = max((c.seconds for c in calls), default=0.0)
-        return {"requests": len(calls), **dict(sorted(outcomes.items())), "failed_over": failed_over,
-                "max_s": round(slowest, 2)}  # fmt: skip
+        return {"requests": len(calls), **dict(sorted(outcomes.items())), "connection_errors": refused,
+                "failed_over": failed_over, "max_s": round(slowest, 2)}  # fmt: skip
 
     # ---- the clients ----
 
@@ -130,7 +135,7 @@ class Load:
         with self._lock:
             return [g for g in self._gateways if g not in self.down]
 
-    def _hook(self, gateway: str):  # noqa: ANN202
+    def _hook(self, gateway: str) -> Callable[[httpx.Response], None]:
         def on_response(response: httpx.Response) -> None:
             if response.status_code >= 400:
                 response.read()
@@ -148,9 +153,10 @@ class Load:
 
         def sdk(gateway: str) -> openai.OpenAI:
             if gateway not in sdks:
-                http = httpx.Client(timeout=self.timeout, event_hooks={"response": [self._hook(gateway)]})
-                sdks[gateway] = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", timeout=self.timeout,
-                                              max_retries=self.max_retries, http_client=http)  # fmt: skip
+                hooks = {"response": [self._hook(gateway)]}
+                http = httpx.Client(timeout=self.timeout, event_hooks=hooks)
+                sdks[gateway] = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", http_client=http,
+                                              timeout=self.timeout, max_retries=self.max_retries)  # fmt: skip
             return sdks[gateway]
 
         try:
@@ -163,13 +169,14 @@ class Load:
             for client in sdks.values():
                 client.close()
 
-    def _one(self, k: int, prompt: str, first: str, sdk) -> None:  # noqa: ANN001
+    def _one(self, k: int, prompt: str, first: str, sdk: Callable[[str], openai.OpenAI]) -> None:
         call = Call(k, prompt, first, time.monotonic())
         gateway: str | None = first
         while gateway is not None:
             try:
+                messages = [{"role": "user", "content": prompt}]
                 reply = sdk(gateway).chat.completions.create(model=self.model, max_tokens=self.max_tokens,
-                                                             messages=[{"role": "user", "content": prompt}])  # fmt: skip
+                                                             messages=messages)  # fmt: skip
             except openai.APITimeoutError:
                 call.attempts.append((gateway, "timeout", time.monotonic()))
                 call.outcome = "timeout"
@@ -187,10 +194,11 @@ class Load:
                 call.attempts.append((gateway, "ok", time.monotonic()))
                 choice = reply.choices[0]
                 call.response_id = reply.id
-                good = (choice.message.content == echo_of(prompt, self.max_tokens) and choice.finish_reason == "length"
-                        and reply.usage is not None and reply.usage.completion_tokens == self.max_tokens)  # fmt: skip
+                tokens = reply.usage.completion_tokens if reply.usage is not None else None
+                good = (choice.message.content == echo_of(prompt, self.max_tokens)
+                        and choice.finish_reason == "length" and tokens == self.max_tokens)  # fmt: skip
                 call.outcome = "ok" if good else "wrong"
-                call.detail = "" if good else f"{choice.message.content!r} {choice.finish_reason} {reply.usage}"
+                call.detail = "" if good else f"{choice.message.content!r} {choice.finish_reason} {tokens}"
             break
         call.ended = time.monotonic()
         with self._lock:

@@ -11,6 +11,7 @@ its namespaces, then deletes them and the root link, whatever failed before.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import random
@@ -59,10 +60,8 @@ def _alive(pid: int) -> bool:
 
 def _kill_inside(namespace: str) -> None:
     for pid in ip("netns", "pids", namespace, check=False).split():
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
 
 
 def sweep() -> list[str]:
@@ -84,8 +83,10 @@ def sweep() -> list[str]:
 
 def _free_subnet() -> ipaddress.IPv4Network:
     """A 10.x.y.0/24 that no route of the root namespace touches."""
-    routes = [ipaddress.ip_network(word, strict=False) for line in ip("-4", "route", "show", "table", "all").splitlines()
-              for word in line.split()[:1] if re.match(r"^\d+\.\d+\.\d+\.\d+(/\d+)?$", word)]  # fmt: skip
+    lines = ip("-4", "route", "show", "table", "all").splitlines()
+    first_words = [line.split()[0] for line in lines if line.split()]
+    routes = [ipaddress.ip_network(word, strict=False) for word in first_words
+              if re.match(r"^\d+\.\d+\.\d+\.\d+(/\d+)?$", word)]  # fmt: skip
     for _ in range(100):
         net = ipaddress.ip_network(f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24")
         if not any(net.overlaps(route) for route in routes):

@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -90,13 +90,16 @@ def redis_answers(target: str | QueueSettings) -> bool:
 # ---- command lines ---------------------------------------------------------------------------
 
 
-def redis_command(port: int, workdir: Path | None = None, persistent_dir: Path | None = None) -> list[str]:
-    """`redis-server` on 127.0.0.1:`port`, no RDB snapshots.  Without `persistent_dir` nothing
-    outlives it (its files, if any, in `workdir`); with it, every write goes to an append-only file
-    in that folder, fsynced every second, which the next server started there replays: queued
-    tasks, kept jobs and batches survive a restart (at most the last second is lost on a crash)."""
-    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", LOCAL,
+def redis_command(port: int, workdir: Path | None = None, persistent_dir: Path | None = None, *,
+                  bind: str = LOCAL, password: str | None = None) -> list[str]:  # fmt: skip
+    """`redis-server` on `bind`:`port` (default 127.0.0.1), no RDB snapshots.  Without
+    `persistent_dir` nothing outlives it (its files, if any, in `workdir`); with it, every write
+    goes to an append-only file in that folder, fsynced every second, which the next server started
+    there replays: queued tasks, kept jobs and batches survive a restart (at most the last second
+    is lost on a crash).  With `password`, clients must AUTH."""
+    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", bind,
             "--save", ""]  # fmt: skip
+    argv += ["--requirepass", password] if password else []
     if persistent_dir is not None:
         return argv + ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(persistent_dir)]
     return argv + ["--appendonly", "no"] + (["--dir", str(workdir)] if workdir is not None else [])
@@ -135,22 +138,24 @@ def flower_command(port: int, address: str = LOCAL, program: list[str] | None = 
 
 
 class RedisServer(Process):
-    """`redis-server` on `port` (default: a free one); its files in `workdir`.  No persistence,
-    unless `persistent_dir` is given: then an append-only file there (created if need be), which
-    the next RedisServer started on that folder reloads."""
+    """`redis-server` on `bind:port` (default: 127.0.0.1, a free port); its files in `workdir`; with
+    `password`, clients must AUTH (it is in `url`).  No persistence, unless `persistent_dir` is
+    given: then an append-only file there (created if need be), which the next RedisServer started
+    on that folder reloads.  `prefix`: see `Process`."""
 
     ready_timeout = 15.0
 
     def __init__(self, port: int | None = None, *, workdir: Path | None = None, log_path: Path | None = None,
-                 env: Mapping[str, str] | None = None, persistent_dir: Path | None = None) -> None:  # fmt: skip
+                 env: Mapping[str, str] | None = None, persistent_dir: Path | None = None, bind: str = LOCAL,
+                 password: str | None = None, prefix: Sequence[str] = ()) -> None:  # fmt: skip
         self.port = port or free_port()
-        self.url = f"redis://{LOCAL}:{self.port}/0"
+        self.url = f"redis://{f':{password}@' if password else ''}{bind}:{self.port}/0"
         self.client = redis.Redis.from_url(self.url)
         self.persistent_dir = persistent_dir
         if persistent_dir is not None:
             Path(persistent_dir).mkdir(parents=True, exist_ok=True)
-        argv = redis_command(self.port, workdir, persistent_dir)
-        super().__init__(argv, log_path, env, name="redis-server")
+        argv = redis_command(self.port, workdir, persistent_dir, bind=bind, password=password)
+        super().__init__(argv, log_path, env, name="redis-server", prefix=prefix)
 
     def describe(self) -> str:
         return f"redis-server on port {self.port}"
@@ -166,10 +171,10 @@ class WorkerProcess(Process):
 
     def __init__(self, queues: Iterable[str], env: Mapping[str, str] | None = None, *, name: str | None = None,
                  loglevel: str = "INFO", concurrency: int | None = None, extra_args: Iterable[str] = (),
-                 log_path: Path | None = None) -> None:  # fmt: skip
+                 log_path: Path | None = None, prefix: Sequence[str] = ()) -> None:  # fmt: skip
         self.queues = [q for q in queues if q]
         argv = worker_command(self.queues, name, loglevel, concurrency, extra_args)
-        super().__init__(argv, log_path, env, name=argv[argv.index("-n") + 1])
+        super().__init__(argv, log_path, env, name=argv[argv.index("-n") + 1], prefix=prefix)
         self.redis_client: redis.Redis | None = None
         self._node_name = ""
 
@@ -201,12 +206,14 @@ class GatewayProcess(Process):
     """`python -m gateway` on `port` (default: a free one); ready once GET /health answers 200."""
 
     def __init__(self, env: Mapping[str, str] | None = None, *, port: int | None = None, host: str | None = None,
-                 log_level: str | None = None, log_path: Path | None = None) -> None:  # fmt: skip
+                 log_level: str | None = None, log_path: Path | None = None,
+                 prefix: Sequence[str] = ()) -> None:  # fmt: skip
         self.port = port or free_port()
         reach = LOCAL if host in (None, "", "0.0.0.0", "::") else host
         self.base_url = f"http://{f'[{reach}]' if ':' in reach else reach}:{self.port}"
         self.url = f"{self.base_url}/v1"
-        super().__init__(gateway_command(self.port, host, log_level), log_path, env, name="gateway")
+        argv = gateway_command(self.port, host, log_level)
+        super().__init__(argv, log_path, env, name="gateway", prefix=prefix)
 
     def is_ready(self) -> bool:
         return httpx.get(f"{self.base_url}/health").status_code == 200

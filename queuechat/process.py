@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -46,14 +46,16 @@ def wait_for(check: Callable[[], object], what: str, timeout: float, *watch: Pro
 
 class Process:
     """A child process in its own process group (so Ctrl-C reaches only its parent, which stops it),
-    started at construction; its output goes to `log_path`, or to this process's own when None."""
+    started at construction; its output goes to `log_path`, or to this process's own when None.
+    `prefix` goes before `argv`: a wrapper that execs it, e.g. `ip netns exec NAME` (the pid, and
+    so the signals, are then the wrapped program's)."""
 
     ready_timeout = 30.0
 
     def __init__(self, argv: list[str], log_path: Path | None = None, env: Mapping[str, str] | None = None, *,
-                 name: str | None = None, cwd: Path = REPO) -> None:  # fmt: skip
-        self.argv = [str(arg) for arg in argv]
-        self.name = name or Path(self.argv[0]).name
+                 name: str | None = None, cwd: Path = REPO, prefix: Sequence[str] = ()) -> None:  # fmt: skip
+        self.name = name or Path(str(argv[0])).name
+        self.argv = [str(arg) for arg in (*prefix, *argv)]
         self.log_path = Path(log_path) if log_path is not None else None
         self.env = dict(env) if env is not None else None
         self._log = open(self.log_path, "wb") if self.log_path else None

@@ -125,6 +125,9 @@ class Subscriber:
         self._channels: dict[bytes, _Channel] = {}
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        # Commands and (re)connections one at a time: two first subscribers would otherwise each
+        # take a connection from the pool (one of them never read), two reconnects open two sockets.
+        self._lock = asyncio.Lock()
         self.reconnects = 0  # times the connection was lost while channels were subscribed
         self._down = False  # lost, not read from since: the inboxes have their GAP already
 
@@ -147,7 +150,8 @@ class Subscriber:
         entry.inboxes.append(inbox)
         try:
             if first:
-                await self._pubsub.subscribe(name)
+                async with self._lock:
+                    await self._pubsub.subscribe(name)
                 self._connected.set()
                 self._start_reader()
             await asyncio.wait_for(asyncio.shield(entry.confirmed), self.confirm_timeout)
@@ -174,9 +178,10 @@ class Subscriber:
 
     async def _unsubscribe(self, name: bytes) -> None:
         try:
-            if self._pubsub.connection is not None and self._pubsub.connection.is_connected:
-                await self._pubsub.unsubscribe(name)
-                return
+            async with self._lock:
+                if self._pubsub.connection is not None and self._pubsub.connection.is_connected:
+                    await self._pubsub.unsubscribe(name)
+                    return
         except redis.exceptions.RedisError as exc:
             log.warning("could not unsubscribe %s: %s", name.decode(errors="replace"), exc)
         # Not sent: make sure a reconnect does not subscribe it again (a late confirmation of
@@ -203,7 +208,8 @@ class Subscriber:
                 continue
             try:
                 if not connection.is_connected:
-                    await connection.connect()  # redis-py subscribes again to every channel it knows
+                    async with self._lock:
+                        await connection.connect()  # redis-py subscribes again to every channel it knows
                     self._down = False
                 response = await connection.read_response(timeout=1.0, disconnect_on_error=False, push_request=True)
             except _LOST as exc:

@@ -120,8 +120,9 @@ def test_a_full_backlog_answers_429_with_retry_after_and_loses_nothing(
             deadline = time.monotonic() + 10
             while redis_server.client.llen("tiny-b") < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
+            assert redis_server.client.llen("tiny-b") == 2, guarded.log_tail()
             response = httpx.post(f"{guarded.base_url}/v1/chat/completions", headers=_authed(""),
-                                  json={"model": "tiny-b", "messages": USER})  # fmt: skip
+                                  json={"model": "tiny-b", "messages": USER}, timeout=30)  # fmt: skip
             assert _error(response, 429)["type"] == "rate_limit_error"
             assert response.headers["retry-after"] == "1"
             assert client.chat.completions.create(model="tiny-a", messages=USER, max_tokens=2)  # other queues flow

@@ -238,6 +238,12 @@ class Subscriber:
                 if entry is not None:
                     for inbox in entry.inboxes:
                         inbox.put(response[2])
+                    stopped = entry.inboxes[0]._failure is not None  # (one reader, as a rule: cheap)
+                    if stopped and all(inbox._failure is not None for inbox in entry.inboxes):
+                        # every reader of it was stopped (too slow): stop listening, so that the
+                        # worker, whose events now reach nobody, stops the job and frees its slot
+                        del self._channels[response[1]]
+                        asyncio.get_running_loop().create_task(self._unsubscribe_orphan(response[1]))
             elif (message := await self._pubsub.handle_message(response)) is not None:
                 self._dispatch(message)
 

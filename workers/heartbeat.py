@@ -19,6 +19,7 @@ from protocol import (
     slots_key,
     stats_key,
 )
+from workers.cancels import CANCEL_POLL_SECONDS, CancelWatch
 from workers.contract import Engine
 from workers.publisher import Outbox
 from workers.settings import WorkerSettings
@@ -49,6 +50,10 @@ class WorkerState:
     outbox: Outbox
     failures: dict[str, str] = field(default_factory=dict)  # model -> why it could not be loaded
     _stop: threading.Event = field(default_factory=threading.Event)
+    cancels: CancelWatch = field(init=False)  # whose clients left, for every running request
+
+    def __post_init__(self) -> None:
+        self.cancels = CancelWatch(self.redis, CANCEL_POLL_SECONDS)
 
     def beat(self) -> None:
         """Announce every model this worker serves, scored with Redis' clock (the gateway reads the

@@ -14,13 +14,13 @@ from pydantic import ValidationError
 import workers.lifecycle  # noqa: F401  (connects the start-up and heartbeat signal handlers)
 from adapters import AdapterError, ContextLengthExceeded
 from protocol import TASK_EMBED, TASK_GENERATE, Capability, EmbedJob, GenerateJob, cancel_key_for
+from workers.cancels import CANCEL_POLL_SECONDS
 from workers.contract import EmbedEngine, Engine, GenerationEngine
 from workers.heartbeat import WorkerState
 from workers.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
 
-CANCEL_POLL_SECONDS = 0.1  # how often a request's thread checks whether its client left
 
 
 @shared_task(name=TASK_GENERATE, bind=True)
@@ -104,6 +104,7 @@ def _generate(state: WorkerState, job: GenerateJob, publisher: EventPublisher) -
     # From here on the engine publishes this request's events (batched per decode step); this
     # thread only watches for the client leaving.
     seq = engine.submit_job(job, prompt_ids, publisher.buffered(state.outbox))
+    state.cancels.watch(job.request_id)
     try:
         while not seq.finished.wait(CANCEL_POLL_SECONDS):
             if seq.cancelled:
@@ -111,9 +112,11 @@ def _generate(state: WorkerState, job: GenerateJob, publisher: EventPublisher) -
             if publisher.orphaned and not job.kept:
                 log.info("request %s has no listener left (gateway gone?); stopping it", job.request_id)
                 engine.cancel(seq)
-            elif state.redis.exists(cancel_key):
+            elif state.cancels.cancelled(job.request_id):
                 log.info("request %s cancelled by its client", job.request_id)
                 engine.cancel(seq)
     except redis.RedisError:
         engine.cancel(seq)  # nobody can receive its events; free the slot
         raise
+    finally:
+        state.cancels.forget(job.request_id)

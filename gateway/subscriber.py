@@ -285,8 +285,11 @@ class Subscriber:
 
     async def aclose(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            for _ in range(5):  # redis-py can swallow a cancellation that lands as a command is sent
+                self._reader.cancel()
+                done, _ = await asyncio.wait({self._reader}, timeout=1.0)
+                if done:
+                    break
         for entry in self._channels.values():
             if not entry.confirmed.done():
                 entry.confirmed.cancel()

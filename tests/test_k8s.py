@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from protocol.models_file import load_models_file
+from tests.test_deploy import _arg_after  # the same command lines as compose.yaml
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
@@ -52,15 +53,6 @@ def _containers(kinds: tuple[str, ...] = ("Deployment", "StatefulSet")) -> Itera
         for workload in _all(kind).values():
             for container in workload["spec"]["template"]["spec"]["containers"]:
                 yield workload, container
-
-
-def _arg_after(command: list[str], flag: str) -> str:
-    for i, arg in enumerate(command):
-        if arg == flag:
-            return command[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    raise AssertionError(f"{flag} not in {command}")
 
 
 def _env(container: dict) -> dict[str, dict]:

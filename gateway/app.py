@@ -84,6 +84,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                                 max_queue=settings.max_queue, metrics=metrics, show_prompts=settings.show_prompts,
                                 fair=FairShare(redis, tenants) if tenants else None,
                                 buffer_bytes=settings.stream_buffer_bytes)  # fmt: skip
+        metrics.watch_subscriber(app.state.relay.subscriber)
         keeper = app.state.keeper = Detacher(JobStore(redis, registry, settings.result_ttl, metrics))
         app.state.files = Files(redis, file_storage(settings), settings.max_upload_bytes)
         app.state.batches = BatchStore(redis, settings.result_ttl)

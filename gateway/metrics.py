@@ -65,8 +65,17 @@ class Metrics:
                                     "request's API key", ["class"], buckets=_LATENCY, registry=r)  # fmt: skip
         self.kept = Counter("queuechat_kept_jobs", "Jobs kept past their connection, by how: stored, background "
                             "or detach (a grace period)", ["model", "how"], registry=r)  # fmt: skip
+        self.subscribed = Gauge("queuechat_subscribed_channels", "Request channels this gateway's one subscriber "
+                                "connection listens to (a stream, queued or running, each)", registry=r)  # fmt: skip
         self._cluster = _ClusterCollector()
         r.register(self._cluster)
+        self._subscriber = _SubscriberCollector()
+        r.register(self._subscriber)
+
+    def watch_subscriber(self, subscriber: Any) -> None:
+        """Export the state of the gateway's subscriber (gateway/subscriber.py) at each scrape."""
+        self.subscribed.set_function(lambda: subscriber.channels)
+        self._subscriber.subscriber = subscriber
 
     async def refresh(self, redis: Redis, live: dict[str, list[str]], failed: dict[str, dict[str, str]] | None = None) -> None:
         """Read the per-model state of every model in `live` (model -> live workers) for the next
@@ -144,6 +153,18 @@ class _ClusterCollector:
                                        "not known to have finished, over every gateway")  # fmt: skip
         unfinished.add_metric([], self.unfinished)
         yield from (depth, live, free, total, running, occupancy, tokens, *gauges.values(), failed, unfinished)
+
+
+class _SubscriberCollector:
+    def __init__(self) -> None:
+        self.subscriber: Any = None
+
+    def collect(self) -> Iterable[Metric]:
+        if self.subscriber is not None:
+            yield CounterMetricFamily("queuechat_subscriber_connection_losses", "Times this gateway's subscriber "
+                                      "connection was lost while requests listened on it (their streams then read "
+                                      "their event log, or ended with queue_unavailable)",
+                                      value=self.subscriber.reconnects)  # fmt: skip
 
 
 # Heartbeat counters shown as they are (when the worker's engine reports them).

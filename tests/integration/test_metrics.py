@@ -85,6 +85,8 @@ def test_queue_depth_and_active_requests_show_a_backlog(gateway, env, workdir, r
             samples = scrape(gateway)
             assert value(samples, "queuechat_queue_depth", model="echo-slow") == 3
             assert value(samples, "queuechat_active_requests", model="echo-slow") == 3
+            assert value(samples, "queuechat_subscribed_channels") >= 3  # one channel each, one connection
+            assert samples[("queuechat_subscriber_connection_losses_total", ())] == 0
             control.add_consumer("echo-slow", destination=[worker.name], reply=True, timeout=5)
             assert all(f.result(timeout=30).choices[0].finish_reason == "length" for f in waiting)
         assert value(scrape(gateway), "queuechat_queue_depth", model="echo-slow") == 0

@@ -72,11 +72,10 @@ class Inbox:
             )
         self._wake()
 
-    def fail(self, error: APIError) -> None:
-        if self._failure is None:
-            self._items.clear()
-            self._failure = error
-            self._wake()
+    @property
+    def stopped(self) -> bool:
+        """Its reader was too slow: nothing more is delivered to it."""
+        return self._failure is not None
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -115,7 +114,6 @@ class Subscriber:
 
     def __init__(self, redis: Redis, buffer_bytes: int = 1 << 20, confirm_timeout: float = 5.0,
                  health_interval: float = 5.0) -> None:  # fmt: skip
-        self.redis = redis
         self.health_interval = health_interval
         self.buffer_bytes = buffer_bytes
         self.confirm_timeout = confirm_timeout
@@ -238,8 +236,7 @@ class Subscriber:
                 if entry is not None:
                     for inbox in entry.inboxes:
                         inbox.put(response[2])
-                    stopped = entry.inboxes[0]._failure is not None  # (one reader, as a rule: cheap)
-                    if stopped and all(inbox._failure is not None for inbox in entry.inboxes):
+                    if entry.inboxes[0].stopped and all(inbox.stopped for inbox in entry.inboxes):  # (one, as a rule)
                         # every reader of it was stopped (too slow): stop listening, so that the
                         # worker, whose events now reach nobody, stops the job and frees its slot
                         del self._channels[response[1]]

@@ -17,6 +17,7 @@ Importing this module opens no connection (clients connect on first use).  Not r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -62,42 +63,49 @@ class SyncBlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionP
     """`BlockingSentinelPool` for the sync client (a worker's task threads share it)."""
 
 
+@dataclass(frozen=True)
+class _Family:
+    """The redis-py classes of one flavour (sync or asyncio): everything else is the same."""
+
+    client: type
+    blocking_pool: type
+    sentinel: type
+    master: type
+    blocking_sentinel_pool: type
+
+
+def _client(family: _Family, settings: QueueSettings, max_connections: int | None, timeout: float | None,
+            options: dict[str, Any]) -> Any:  # fmt: skip
+    if not settings.redis_sentinels:
+        url = settings.direct_redis_url()
+        if max_connections is None:
+            return family.client.from_url(url, **options)
+        pool = family.blocking_pool.from_url(url, max_connections=max_connections, timeout=timeout, **options)
+        return family.client.from_pool(pool)
+    sentinel = family.sentinel(settings.sentinels(), **_sentinel_options(settings, options))
+    bounded = {} if max_connections is None else {"connection_pool_class": family.blocking_sentinel_pool,
+                                                  "max_connections": max_connections, "timeout": timeout}  # fmt: skip
+    return sentinel.master_for(settings.redis_master, redis_class=family.master, **bounded)
+
+
+_SYNC = _Family(redis.Redis, redis.BlockingConnectionPool, Sentinel, SentinelMaster, SyncBlockingSentinelPool)
+_ASYNC = _Family(redis.asyncio.Redis, redis.asyncio.BlockingConnectionPool, AsyncSentinel, AsyncSentinelMaster,
+                 BlockingSentinelPool)  # fmt: skip
+
+
 def sync_client(settings: QueueSettings, *, max_connections: int | None = None, timeout: float | None = 30,
                 **options: Any) -> redis.Redis:  # fmt: skip
     """A client of the Redis the settings name; `options` are redis-py connection options
     (socket_timeout=...).  With `max_connections`, a thread waits up to `timeout` seconds for a
     free connection once that many are in use."""
-    if not settings.redis_sentinels:
-        url = settings.direct_redis_url()
-        if max_connections is None:
-            return redis.Redis.from_url(url, **options)
-        pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout, **options)
-        return redis.Redis(connection_pool=pool)
-    sentinel = Sentinel(settings.sentinels(), **_sentinel_options(settings, options))
-    if max_connections is None:
-        return sentinel.master_for(settings.redis_master, redis_class=SentinelMaster)
-    return sentinel.master_for(settings.redis_master, redis_class=SentinelMaster,
-                               connection_pool_class=SyncBlockingSentinelPool, max_connections=max_connections,
-                               timeout=timeout)  # fmt: skip
+    return _client(_SYNC, settings, max_connections, timeout, options)
 
 
 def async_client(settings: QueueSettings, *, max_connections: int | None = None, timeout: float | None = 10,
                  **options: Any) -> redis.asyncio.Redis:  # fmt: skip
     """An asyncio client of the Redis the settings name.  With `max_connections`, its pool holds
     at most that many and a caller waits up to `timeout` seconds for one; `aclose()` closes it all."""
-    if not settings.redis_sentinels:
-        url = settings.direct_redis_url()
-        if max_connections is None:
-            return redis.asyncio.Redis.from_url(url, **options)
-        pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout,
-                                                             **options)  # fmt: skip
-        return redis.asyncio.Redis.from_pool(pool)
-    sentinel = AsyncSentinel(settings.sentinels(), **_sentinel_options(settings, options))
-    if max_connections is None:
-        return sentinel.master_for(settings.redis_master, redis_class=AsyncSentinelMaster)
-    return sentinel.master_for(settings.redis_master, redis_class=AsyncSentinelMaster,
-                               connection_pool_class=BlockingSentinelPool, max_connections=max_connections,
-                               timeout=timeout)  # fmt: skip
+    return _client(_ASYNC, settings, max_connections, timeout, options)
 
 
 def describe(settings: QueueSettings) -> str:

@@ -33,7 +33,7 @@ class DataNode(Process):
         self.port = free_port()
         folder = workdir / f"redis-{self.port}"
         folder.mkdir()
-        argv = redis_command(self.port, folder) + ["--requirepass", PASSWORD, "--masterauth", PASSWORD]
+        argv = redis_command(self.port, folder, password=PASSWORD) + ["--masterauth", PASSWORD]
         argv += ["--replicaof", LOCAL, str(replica_of)] if replica_of else []
         super().__init__(argv, folder / "redis.log", name=f"redis-{self.port}")
         self.client = redis.Redis(host=LOCAL, port=self.port, password=PASSWORD, socket_timeout=2,

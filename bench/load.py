@@ -48,6 +48,12 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, max_toke
                extra: dict | None = None) -> Result:  # fmt: skip
     body = {"model": model, "messages": messages(i), "stream": True, "temperature": 0, "max_tokens": max_tokens,
             **(extra or {})}  # fmt: skip
+    return await stream_chat(client, url, body)
+
+
+async def stream_chat(client: httpx.AsyncClient, url: str, body: dict) -> Result:
+    """One streaming chat completion: the time to its first content, the gaps between content
+    chunks and the text (httpx.HTTPError or RuntimeError when it fails)."""
     started = time.perf_counter()
     first, last, gaps, parts = None, None, [], []
     async with client.stream("POST", f"{url}/chat/completions", json=body) as response:

@@ -9,6 +9,8 @@ Tokens are counted by re-tokenizing the received text with the model's tokenizer
 --echo --streams N holds N concurrent streams through one gateway (bench/streams.py).
 --keep also runs every level with `"store": true` (a kept job: event log + job record), alternating
 with plain requests, and prints the kept/plain throughput ratio: the event log's cost.
+--request-rate R sends requests open loop instead (Poisson arrivals, mixed lengths: bench/openloop.py),
+with or without --echo; --sweep finds the highest rate that meets the SLO.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from bench import baseline as base
+from bench import openloop
 from bench.load import LevelReport, percentile, run
 from bench.stack import Stack
 from protocol.models_file import load_models_file
@@ -142,6 +145,32 @@ def bench_echo(args: argparse.Namespace) -> None:
         stack.stop()
 
 
+def bench_open(args: argparse.Namespace) -> None:
+    """Open loop (bench/openloop.py) on the model (counted with its tokenizer, no in-process
+    baseline) or the echo adapter (counted in bytes), on a stack started here or at --url."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-open-"))
+    if args.echo:
+        model, count, models_file = "echo", (lambda t: len(t.encode())), workdir / "models.yaml"
+        options = {"step_delay": args.step_delay} if args.step_delay else {}
+        models_file.write_text(yaml.safe_dump({"models": {"echo": {"adapter": "echo", "slots": args.slots,
+                                                                    "options": options}}}))  # fmt: skip
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(_model_folder(args.model, args.models_file))
+        model, count, models_file = args.model, (lambda t: base.count_tokens(tokenizer, t)), args.models_file
+    stack = None if args.url else Stack(model, models_file, workdir)
+    try:
+        if stack:
+            stack.wait_ready()
+        url = args.url or stack.url
+        run(url, model, 2, 1, 8, count)  # warm-up
+        openloop.bench_openloop(args, url, model, count)
+    finally:
+        if stack:
+            stack.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -157,14 +186,21 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="also measure kept (store: true) requests: the event log's cost")
     parser.add_argument("--streams", type=int, help="with --echo: this many concurrent streams through one gateway")
     parser.add_argument("--workers", type=int, default=4, help="with --streams: echo workers sharing the slots")
-    parser.add_argument("--step-delay", type=float, default=0.5, help="with --streams: seconds per echo step")
+    parser.add_argument("--step-delay", type=float, default=None,
+                        help="with --echo: seconds per echo step (--streams: default 0.5; open loop: default 0)")
     parser.add_argument("--client-processes", type=int, default=2, help="with --streams: processes running clients")
+    openloop.add_arguments(parser)
     args = parser.parse_args()
     args.compare_model = args.compare_model or args.model
-    if args.echo and args.streams:
+    if args.request_rate is not None and args.request_rate <= 0:
+        parser.error("--request-rate must be positive")
+    if args.request_rate or args.sweep:
+        bench_open(args)
+    elif args.echo and args.streams:
         from bench.streams import bench_streams
 
-        bench_streams(args.streams, args.workers, args.step_delay, args.max_tokens, args.client_processes)
+        step_delay = 0.5 if args.step_delay is None else args.step_delay
+        bench_streams(args.streams, args.workers, step_delay, args.max_tokens, args.client_processes)
     elif args.echo:
         if args.concurrency == [1, 4, 8, 16]:
             args.concurrency = [16, 64]

@@ -60,6 +60,36 @@ class ModelLoadError(Exception):
     """The model named in the models file could not be loaded."""
 
 
+class Prefill(ABC):
+    """Rows on their way into a batch: their prompts are computed `feed` by `feed`, and the call
+    that computes the last of them joins them to the batch (after its rows, in order) and
+    returns their next-token logits, shape [rows, vocab]."""
+
+    @property
+    @abstractmethod
+    def remaining(self) -> int:
+        """Prompt columns still to compute (rows are padded to the longest)."""
+
+    @abstractmethod
+    def feed(self, columns: int) -> torch.Tensor | None:
+        """Compute up to `columns` more columns of every row; the logits once all are done, else None."""
+
+
+class _WholePrefill(Prefill):
+    """For batches that prefill in one pass: the first feed adds the rows whole."""
+
+    def __init__(self, batch: DecodeBatch, prompts: list[list[int]]) -> None:
+        self._batch, self._prompts = batch, prompts
+
+    @property
+    def remaining(self) -> int:
+        return max((len(p) for p in self._prompts), default=0)
+
+    def feed(self, columns: int) -> torch.Tensor:
+        logits, self._prompts = self._batch.add(self._prompts), []
+        return logits
+
+
 class DecodeBatch(ABC):
     """The rows one engine is decoding together: rows join (prefilled), step, and leave.
 
@@ -80,9 +110,18 @@ class DecodeBatch(ABC):
         """The width `prompts` would take if they joined together now (their KV cache only)."""
         return max((len(p) for p in prompts), default=0)
 
+    def prefill_columns(self, prompts: list[list[int]]) -> int:
+        """Columns a prefill of `prompts` together computes (what no cache holds, padded)."""
+        return max((len(p) for p in prompts), default=0)
+
     @abstractmethod
     def add(self, prompts: list[list[int]]) -> torch.Tensor:
         """Prefill new rows; returns their next-token logits, shape [len(prompts), vocab]."""
+
+    def start(self, prompts: list[list[int]]) -> Prefill:
+        """Begin prefilling new rows, to be computed in chunks (batches that cannot chunk do it
+        all at the first feed)."""
+        return _WholePrefill(self, prompts)
 
     @abstractmethod
     def step(self, tokens: list[int]) -> torch.Tensor:

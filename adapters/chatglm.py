@@ -102,7 +102,9 @@ class ChatGLMAdapter(TextAdapter):
         # THUDM's code predates transformers 5: patch its classes before they are used (see chatglm_compat)
         self.compat_fixes = prepare_remote_classes(path, config) if is_chatglm_remote_code(config) else {}
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-        model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=pick_dtype(self.spec.dtype, device))
+        # float32 on CPUs as THUDM run it there (their code's bf16 paths assume CUDA)
+        dtype = pick_dtype(self.spec.dtype, device, cpu_bf16=False)
+        model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=dtype)
         self.model = model.to(device).eval()
         if not callable(getattr(self.model, "stream_chat", None)):
             raise ModelLoadError(no_stream_chat_message(self.spec.name, path, config))

@@ -33,7 +33,9 @@ class EmbeddingAdapter(EmbedAdapter):
         self.device = pick_device(self.spec.device)
         remote = self.spec.trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
-        model = AutoModel.from_pretrained(path, dtype=pick_dtype(self.spec.dtype, self.device), trust_remote_code=remote)
+        # float32 on CPUs: vectors should match sentence-transformers' own to 1e-5 (bf16 gives ~1e-2)
+        dtype = pick_dtype(self.spec.dtype, self.device, cpu_bf16=False)
+        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=remote)
         self.model = model.to(self.device).eval()
         self.pooling, self.normalize, max_length = _sentence_transformers_setup(path)
         native = max_length or getattr(self.model.config, "max_position_embeddings", 512)

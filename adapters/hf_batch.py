@@ -1,8 +1,9 @@
 """A growing and shrinking batch of sequences over one Hugging Face model's KV cache.
 
 Rows are left-padded to a common length: a new row joins by being prefilled on its own (after
-the longest prefix whose KV is already cached) and concatenated onto the running cache; a
-finished row leaves by being dropped from it.  Each row keeps its own position ids, and the attention mask hides the padding, so a
+the longest prefix whose KV is already cached; in chunks, between the batch's steps, when the
+engine asks) and concatenated onto the running cache; a finished row leaves by being dropped
+from it.  Each row keeps its own position ids, and the attention mask hides the padding, so a
 row's tokens do not depend on its neighbours (up to floating-point rounding).
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adapters.base import DecodeBatch
+from adapters.base import DecodeBatch, Prefill
 from adapters.memory import give_back_free_memory
 from adapters.prefix_cache import KV, PrefixCache
 
@@ -63,41 +64,19 @@ class HfDecodeBatch(DecodeBatch):
         cached = [self._prefixes.cached_length(p) if self._prefixes else 0 for p in prompts]
         return max(cached) + max(len(p) - c for p, c in zip(prompts, cached))
 
+    def prefill_columns(self, prompts: list[list[int]]) -> int:
+        cached = [self._prefixes.cached_length(p) if self._prefixes else 0 for p in prompts]
+        return max(len(p) - c for p, c in zip(prompts, cached))
+
     def add(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Prefill the newcomers in one forward pass, each after its longest cached prefix, and join
-        them to the batch.  Row r's columns: [padding | its cached prefix][padding | its new tokens]."""
-        found = [self._prefixes.longest(p) if self._prefixes else (0, None) for p in prompts]
-        cached = [length for length, _ in found]
-        fresh = [len(p) - c for p, c in zip(prompts, cached)]
-        width_p, width_s = max(cached), max(fresh)
-        rows = len(prompts)
-        ids = torch.full((rows, width_s), 0, dtype=torch.long)
-        mask = torch.zeros((rows, width_p + width_s), dtype=torch.long)
-        positions = torch.zeros((rows, width_s), dtype=torch.long)
-        for r, (prompt, c, s) in enumerate(zip(prompts, cached, fresh)):
-            ids[r, width_s - s :] = torch.tensor(prompt[c:])
-            mask[r, width_p - c : width_p] = 1
-            mask[r, width_p + width_s - s :] = 1
-            positions[r, width_s - s :] = torch.arange(c, c + s)
-        cache = self._new_cache()
-        if width_p:
-            for layer in range(len(next(kv for _, kv in found if kv is not None))):
-                keys, values = self._stack_prefixes(found, layer, width_p)
-                cache.update(keys, values, layer)
-        ids, mask, positions = ids.to(self._device), mask.to(self._device), positions.to(self._device)
-        out = self._model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-            **{self._cache_kwarg: cache}, **self._extra,
-        )  # fmt: skip
-        if self._prefixes is not None:
-            for r, prompt in enumerate(prompts):
-                offsets = (width_p - cached[r], width_p + width_s - fresh[r] - cached[r])
-                self._prefixes.store(prompt, partial(self._row_kv, cache, r, cached[r], *offsets))
-        self._merge(cache, mask)
-        if ids.numel() >= _LONG_PREFILL:  # its activations are free now; its KV goes when the batch empties
-            give_back_free_memory(self._device)
-            self._give_back_when_empty = True
-        return out.logits[:, -1, :]
+        """Prefill the newcomers in one forward pass and join them to the batch."""
+        prefill = self.start(prompts)
+        logits = prefill.feed(prefill.remaining)
+        assert logits is not None
+        return logits
+
+    def start(self, prompts: list[list[int]]) -> _HfPrefill:
+        return _HfPrefill(self, prompts)
 
     @staticmethod
     def _row_kv(cache: Any, row: int, cached: int, prefix_offset: int, fresh_offset: int, start: int, end: int) -> KV:
@@ -165,3 +144,62 @@ class HfDecodeBatch(DecodeBatch):
             layer.values = layer.values.index_select(0, index)[:, :, first:]
         self._mask = mask[:, first:]
         self._next_position = self._next_position.index_select(0, index)
+
+
+class _HfPrefill(Prefill):
+    """Newcomers prefilled together, each after its longest cached prefix, in their own KV cache
+    until the last chunk is computed; then they join the batch.  Row r's columns: [padding | its
+    cached prefix][padding | its new tokens].  A chunk attends to the prefix and the chunks before
+    it through that cache, so the result is the same as one pass, up to floating-point rounding."""
+
+    def __init__(self, batch: HfDecodeBatch, prompts: list[list[int]]) -> None:
+        self._batch, self._prompts = batch, prompts
+        prefixes = batch._prefixes
+        found = [prefixes.longest(p) if prefixes else (0, None) for p in prompts]
+        self._cached = [length for length, _ in found]
+        self._fresh = [len(p) - c for p, c in zip(prompts, self._cached)]
+        width_p, width_s = max(self._cached), max(self._fresh)
+        rows = len(prompts)
+        ids = torch.full((rows, width_s), 0, dtype=torch.long)
+        mask = torch.zeros((rows, width_p + width_s), dtype=torch.long)
+        positions = torch.zeros((rows, width_s), dtype=torch.long)
+        for r, (prompt, c, s) in enumerate(zip(prompts, self._cached, self._fresh)):
+            ids[r, width_s - s :] = torch.tensor(prompt[c:])
+            mask[r, width_p - c : width_p] = 1
+            mask[r, width_p + width_s - s :] = 1
+            positions[r, width_s - s :] = torch.arange(c, c + s)
+        self._cache = batch._new_cache()
+        if width_p:
+            for layer in range(len(next(kv for _, kv in found if kv is not None))):
+                keys, values = batch._stack_prefixes(found, layer, width_p)
+                self._cache.update(keys, values, layer)
+        device = batch._device
+        self._ids, self._mask, self._positions = ids.to(device), mask.to(device), positions.to(device)
+        self._width_p, self._done = width_p, 0
+
+    @property
+    def remaining(self) -> int:
+        return self._ids.shape[1] - self._done
+
+    def feed(self, columns: int) -> torch.Tensor | None:
+        batch, start = self._batch, self._done
+        end = min(self._ids.shape[1], start + max(1, columns))
+        out = batch._model(
+            input_ids=self._ids[:, start:end], attention_mask=self._mask[:, : self._width_p + end],
+            position_ids=self._positions[:, start:end], use_cache=True,
+            **{batch._cache_kwarg: self._cache}, **batch._extra,
+        )  # fmt: skip
+        self._done = end
+        if self.remaining:
+            return None
+        if batch._prefixes is not None:
+            width_p, width_s = self._width_p, self._ids.shape[1]
+            for r, prompt in enumerate(self._prompts):
+                c, s = self._cached[r], self._fresh[r]
+                offsets = (width_p - c, width_p + width_s - s - c)
+                batch._prefixes.store(prompt, partial(batch._row_kv, self._cache, r, c, *offsets))
+        batch._merge(self._cache, self._mask)
+        if self._ids.numel() >= _LONG_PREFILL:  # its activations are free now; its KV goes when the batch empties
+            give_back_free_memory(batch._device)
+            batch._give_back_when_empty = True
+        return out.logits[:, -1, :]

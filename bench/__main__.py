@@ -21,6 +21,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import torch
 import yaml
 
 from bench import baseline as base
@@ -73,11 +74,20 @@ def _print_keep(rows: list[str]) -> None:
 
 
 def bench_model(args: argparse.Namespace) -> None:
+    from adapters.hf_causal import pick_device, pick_dtype
+
     folder = _model_folder(args.model, args.models_file)
-    print(f"baseline: transformers generate in-process on {folder.name} ...", flush=True)
-    tokenizer, model = base.load(folder)
+    spec = load_models_file(args.models_file).models[args.model]
+    dtype = pick_dtype(spec.dtype, pick_device(spec.device))  # what the worker will use
+    print(f"baseline: transformers generate in-process on {folder.name}, {dtype} ...", flush=True)
+    tokenizer, model = base.load(folder, dtype)
     baseline = base.measure(tokenizer, model, args.max_tokens, [c for c in args.concurrency if c > 1])
     del model  # the worker loads its own copy; free this one before the stack starts
+    fp32_16 = None  # float32's static batch of 16: the default before bf16 and 64 slots
+    if dtype != torch.float32:
+        tokenizer, model = base.load(folder, torch.float32)
+        fp32_16 = base.measure(tokenizer, model, args.max_tokens, [16], singles=0).batch_tokens_per_s[16]
+        del model
     gc.collect()
     count = lambda text: base.count_tokens(tokenizer, text)  # noqa: E731
     targets = [("queuechat", None, args.model)] + ([("compare", args.compare_url, args.compare_model)]
@@ -104,6 +114,8 @@ def bench_model(args: argparse.Namespace) -> None:
                     note = f"TTFT p50 overhead vs in-process prefill: {overhead:+.0f} ms"
                 else:
                     ratio, note = f"{level.tokens_per_s / baseline.batch_tokens_per_s[c]:.2f}x", ""
+                if fp32_16:
+                    note += f" vs the float32 static batch of 16: {level.tokens_per_s / fp32_16:.2f}x"
                 print(_row(level, ratio), flush=True)
                 if note:
                     print(f"<!-- {note} -->", flush=True)
@@ -114,10 +126,12 @@ def bench_model(args: argparse.Namespace) -> None:
         finally:
             if stack:
                 stack.stop()
-    print("\nbaseline (in-process transformers generate, same prompts):")
+    print(f"\nbaseline (in-process transformers generate, same prompts, {dtype}):")
     print(f"  one stream: {baseline.single_tokens_per_s:.1f} tok/s; prefill + first token p50 {baseline.ttft_p50_ms:.0f} ms")
     for size, tps in baseline.batch_tokens_per_s.items():
         print(f"  static batch of {size}: {tps:.1f} tok/s")
+    if fp32_16:
+        print(f"  float32 static batch of 16: {fp32_16:.1f} tok/s")
     print("ratio: c=1 against one stream; c>1 against the static batch of c prompts")
 
 
@@ -182,6 +196,7 @@ def main() -> None:
     parser.add_argument("--url", help="an already running QueueChat /v1 URL instead of starting one")
     parser.add_argument("--compare-url", help="another OpenAI-compatible /v1 URL to measure the same way")
     parser.add_argument("--compare-model", default=None, help="model name at --compare-url")
+    parser.add_argument("--dtypes", action="store_true", help="float32 vs bfloat16 in-process: speed and greedy agreement")
     parser.add_argument("--echo", action="store_true", help="relay throughput with the model-free echo adapter")
     parser.add_argument("--keep", action="store_true", help="also measure kept (store: true) requests: the event log's cost")
     parser.add_argument("--streams", type=int, help="with --echo: this many concurrent streams through one gateway")
@@ -194,7 +209,12 @@ def main() -> None:
     args.compare_model = args.compare_model or args.model
     if args.request_rate is not None and args.request_rate <= 0:
         parser.error("--request-rate must be positive")
-    if args.request_rate or args.sweep:
+    if args.dtypes:
+        from bench.dtypes import bench_dtypes
+
+        sizes = [16, 64] if args.concurrency == [1, 4, 8, 16] else [c for c in args.concurrency if c > 1]
+        bench_dtypes(_model_folder(args.model, args.models_file), args.max_tokens, sizes)
+    elif args.request_rate or args.sweep:
         bench_open(args)
     elif args.echo and args.streams:
         from bench.streams import bench_streams

@@ -19,11 +19,11 @@ class Baseline:
     batch_tokens_per_s: dict[int, float]
 
 
-def load(folder: Path):
+def load(folder: Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
     return tokenizer, model
 
 
@@ -49,7 +49,7 @@ def _generate(tokenizer, model, prompts: list[str], max_tokens: int) -> tuple[fl
 
 def measure(tokenizer, model, max_tokens: int, batch_sizes: list[int], singles: int = 4) -> Baseline:
     _generate(tokenizer, model, _prompts(tokenizer, 1), 4)  # warm-up
-    ttfts, seconds, tokens = [], 0.0, 0
+    ttfts, seconds, tokens = [0.0], 0.0, 0
     for prompt in _prompts(tokenizer, singles):
         ttfts.append(_generate(tokenizer, model, [prompt], 1)[0] * 1000)
         elapsed, produced = _generate(tokenizer, model, [prompt], max_tokens)
@@ -58,4 +58,4 @@ def measure(tokenizer, model, max_tokens: int, batch_sizes: list[int], singles: 
     for size in batch_sizes:
         elapsed, produced = _generate(tokenizer, model, _prompts(tokenizer, size), max_tokens)
         batches[size] = produced / elapsed
-    return Baseline(tokens / seconds, statistics.median(ttfts), batches)
+    return Baseline(tokens / seconds if seconds else 0.0, statistics.median(ttfts[1:] or ttfts), batches)

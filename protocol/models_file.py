@@ -48,7 +48,11 @@ class ModelSpec(BaseModel):
     device: str = "auto"
     device_map: str | None = Field(None, description="accelerate device map, e.g. 'auto' to span several GPUs")
     max_context: int | None = Field(None, ge=16, description="cap on prompt + completion tokens")
-    slots: int = Field(8, ge=1, le=1024, description="requests decoded together (continuous batching)")
+    slots: int | None = Field(None, ge=1, le=1024, description="requests decoded together (continuous batching); "
+                              "default: sized to the model and memory at load (workers/sizing.py)")
+    prefill_chunk: int | None = Field(None, ge=16, description="most prompt tokens prefilled in one step between "
+                                      "decode steps; longer prompts are prefilled in chunks (default: 256 on "
+                                      "CPU, 2048 on CUDA)")
     prefix_cache: bool = Field(True, description="reuse the KV cache of prompt prefixes seen before")
     prefix_cache_mb: float | None = Field(None, ge=0, description="bound on the prefix cache (default: a tenth of "
                                           "the memory free once the model is loaded)")

@@ -66,7 +66,7 @@ def _models(args: argparse.Namespace, _: list[str]) -> None:
             live = ", ".join(f"{w} ({slots.get(w, '?')})" for w in workers) or "none"
             failed = [(w.decode(), ModelFailure.model_validate_json(raw)) for w, raw in client.hgetall(failures_key(name)).items()]
             failures += [f"  {name} failed to load on {w}: {f.reason}" for w, f in failed if f.at >= seconds - settings.heartbeat_ttl]
-        print(f"{name:24} {choose_adapter(spec):11} {spec.slots:>5}  {live:34} {spec.path or ''}")
+        print(f"{name:24} {choose_adapter(spec):11} {spec.slots or 'auto':>5}  {live:34} {spec.path or ''}")
     if failures:
         print("\n" + "\n".join(failures))
 

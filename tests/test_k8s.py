@@ -21,6 +21,7 @@ import yaml
 
 from protocol.models_file import load_models_file
 from tests.test_deploy import _arg_after  # the same command lines as compose.yaml
+from workers.sizing import CPU_SLOTS
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
@@ -176,7 +177,7 @@ def test_each_worker_has_a_scaled_object_on_exactly_its_queues_lists() -> None:
         assert len(redis) == sum(len(_kombu_lists(q)) for q in queues)
         for trigger in redis:
             queue = trigger["metadata"]["listName"].split("\x06")[0]
-            assert trigger["metadata"]["listLength"] == str(MODELS.get(queue).slots)
+            assert trigger["metadata"]["listLength"] == str(MODELS.get(queue).slots or CPU_SLOTS)  # CPU workers
             assert int(trigger["metadata"]["activationListLength"]) >= 0
         assert so["spec"]["minReplicaCount"] == 0 and so["spec"]["maxReplicaCount"] >= 1
 

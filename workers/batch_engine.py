@@ -1,8 +1,11 @@
 """The batch engine: continuous batching over the adapter's `DecodeBatch`.
 
-Requests join the running batch at the next step boundary (prefilled together with any other
-newcomers) and leave it as soon as they finish or are cancelled, each with its own sampling
-parameters, random generator, stop sequences and token limit.  Chat and completions share this
+Requests join the running batch at the next step boundary and leave it as soon as they finish
+or are cancelled, each with its own sampling parameters, random generator, stop sequences and
+token limit.  A step prefills at most `prefill_chunk` prompt tokens of newcomers (together, in
+arrival order; a longer prompt over several steps), sends their first tokens, then decodes one
+token for every running request: a burst of arrivals is served first come first, and no
+newcomer makes the running requests wait longer than one chunk.  Chat and completions share this
 path; only the prompt building differs.  No Celery here: results go to each request's `Sink`.
 
 One request cannot hurt another: a request joins only when the batch's KV cache, with it, stays
@@ -23,11 +26,21 @@ from dataclasses import dataclass, field
 import torch
 
 from adapters import ContextLengthExceeded, EmptyPrompt, KVCacheExceeded, ModelAdapter, UnsupportedParameter
-from adapters.base import Detokenizer
+from adapters.base import Detokenizer, Prefill
 from adapters.sampling import apply_penalties, logprobs_of, make_generator, next_token
 from adapters.stops import StopMatcher
-from protocol import GENERATES, ErrorCode, GenerateJob, SamplingParams, TokenLogprob, TopLogprob, Usage
+from protocol import (
+    GENERATES,
+    ErrorCode,
+    GenerateJob,
+    ModelSpec,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from workers.contract import EngineBase, FinishReason, Sink
+from workers.sizing import batch_slots, device_cap, prefill_tokens
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +68,13 @@ class BatchEngine(EngineBase):
 
     capabilities = GENERATES
 
-    def __init__(self, adapter: ModelAdapter, slots: int = 1, on_step_end: Callable[[], None] = lambda: None,
-                 keepalive: float = 5.0) -> None:  # fmt: skip
+    def __init__(self, adapter: ModelAdapter, slots: int | None = None, on_step_end: Callable[[], None] = lambda: None,
+                 keepalive: float = 5.0, prefill_chunk: int | None = None) -> None:  # fmt: skip
         self.adapter = adapter
         self._batch = adapter.new_batch()
-        self.slots = max(1, min(slots, self._batch.max_rows))
+        device = str(getattr(adapter, "device", adapter.spec.device))
+        wanted = slots if slots is not None else batch_slots(adapter.spec, adapter.kv_budget_tokens, device)
+        self.slots = max(1, min(wanted, self._batch.max_rows))
         self.kv_budget = adapter.kv_budget_tokens  # token positions (rows x columns); None: unbounded
         self._on_step_end = on_step_end
         self._keepalive = keepalive  # seconds a request may go without an event
@@ -68,23 +83,30 @@ class BatchEngine(EngineBase):
         self._defaults = {**adapter.default_sampling(), **chosen}
         self._default_max_tokens = adapter.spec.defaults.max_tokens
         self.generated_tokens = 0
+        self.prefill_chunk = prefill_chunk or prefill_tokens(adapter.spec, device)  # tokens one step may prefill
         self._rows: list[Sequence] = []  # in batch row order
+        self._joining: list[Sequence] = []  # being prefilled (by self._prefilling), to join next
+        self._prefilling: Prefill | None = None
         self._waiting: deque[Sequence] = deque()
         self._wake = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name=f"engine-{adapter.spec.name}", daemon=True)
         self._thread.start()
 
+    @staticmethod
+    def pool_slots(spec: ModelSpec) -> int:
+        return spec.slots or device_cap(spec.device)
+
     @property
     def free_slots(self) -> int:
         """Slots neither decoding nor about to join (a snapshot, for heartbeats)."""
-        return max(0, self.slots - len(self._rows) - len(self._waiting))
+        return max(0, self.slots - len(self._rows) - len(self._joining) - len(self._waiting))
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: requests in the batch, its size, tokens generated since start,
         the KV cache it holds and may hold (token positions), the adapter's caches."""
         stats = {"running": len(self._rows), "slots": self.slots, "tokens": self.generated_tokens,
-                 "waiting": len(self._waiting), "kv_tokens": len(self._batch) * self._batch.columns}  # fmt: skip
+                 "waiting": len(self._waiting) + len(self._joining), "kv_tokens": len(self._batch) * self._batch.columns}  # fmt: skip
         if self.kv_budget is not None:
             stats["kv_budget_tokens"] = self.kv_budget
         return {**stats, **self.adapter.cache_stats()}
@@ -174,42 +196,54 @@ class BatchEngine(EngineBase):
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._rows and not self._waiting and not self._closing:
+                while not self._rows and not self._waiting and not self._joining and not self._closing:
                     self._wake.wait()
                 if self._closing:
                     break
                 gone = [seq for seq in self._waiting if seq.cancelled]  # left while waiting for room
                 for seq in gone:
                     self._waiting.remove(seq)
-                joiners = self._admit()
+                if not self._joining:
+                    self._joining = self._admit()
                 waiting = list(self._waiting)
             for seq in gone:
                 self._fail(seq, "cancelled", "the client cancelled the request")
             try:
-                self._send_keepalives([*self._rows, *waiting])
-                self._step(joiners)
+                self._send_keepalives([*self._rows, *self._joining, *waiting])
+                if self._joining:
+                    self._prefill()
+                    self._on_step_end()  # the newcomers' first tokens go out before the decode step
+                if self._rows:
+                    self._decode()
             except Exception:  # a broken step must not kill the worker: fail its requests, start afresh
-                log.exception("decode step failed; failing %d requests", len(self._rows) + len(joiners))
-                for seq in {*self._rows, *joiners}:
+                log.exception("decode step failed; failing %d requests", len(self._rows) + len(self._joining))
+                for seq in {*self._rows, *self._joining}:
                     if not seq.finished.is_set():
                         self._fail(seq, "internal_error", "the model failed while generating; see the worker log")
-                self._rows = []
+                self._rows, self._joining, self._prefilling = [], [], None
                 self._batch = self.adapter.new_batch()
             finally:
                 self._on_step_end()
-        for seq in [*self._rows, *self._waiting]:
+        for seq in [*self._rows, *self._joining, *self._waiting]:
             self._fail(seq, "internal_error", "the worker is shutting down")
         self._on_step_end()
 
     def _admit(self) -> list[Sequence]:
-        """The waiting requests that join now, in arrival order: while a slot is free and the KV
-        cache, with them, stays within the budget (the first in line always fits an empty batch)."""
+        """The waiting requests that join now, in arrival order: while a slot is free, the KV
+        cache, with them, stays within the budget (the first in line always fits an empty batch)
+        and their prefill stays within one chunk (the first in line always joins: a prompt longer
+        than a chunk is prefilled over several steps)."""
         joiners: list[Sequence] = []
+        columns = 0  # the joiners' prefill, padded to the longest
         while self._waiting and len(self._rows) + len(joiners) < self.slots:
             candidates = [*joiners, self._waiting[0]]
             if self.kv_budget is not None and (self._rows or joiners) and self._peak_kv(candidates) > self.kv_budget:
                 break
+            wider = max(columns, self._batch.prefill_columns([self._waiting[0].prompt_ids]))
+            if joiners and len(candidates) * wider > self.prefill_chunk:
+                break
             joiners.append(self._waiting.popleft())
+            columns = wider
         return joiners
 
     def _peak_kv(self, joiners: list[Sequence]) -> int:
@@ -229,25 +263,40 @@ class BatchEngine(EngineBase):
                 seq.sink.keepalive()
 
     @torch.inference_mode()
-    def _step(self, joiners: list[Sequence]) -> None:
-        """Prefill the newcomers together, in one forward pass (the others wait that step), else
-        decode one token for every running sequence.  A failed prefill fails only the newcomers
-        (the batch is left as it was)."""
-        if joiners:
-            try:
-                logits = self._batch.add([seq.prompt_ids for seq in joiners])
-            except Exception:
-                log.exception("prefilling %d new requests failed; the %d running ones go on", len(joiners),
-                              len(self._rows))  # fmt: skip
-                for seq in joiners:
-                    self._fail(seq, "internal_error", "the model failed on this prompt; see the worker log")
-                return
-            offset = len(self._rows)
-            self._rows.extend(joiners)
-            self._advance(joiners, logits, offset)
-        elif self._rows:
-            logits = self._batch.step([s.last_token for s in self._rows])
-            self._advance(self._rows, logits, offset=0)
+    def _prefill(self) -> None:
+        """Compute one chunk of the newcomers' prompts (at most `prefill_chunk` tokens, so the
+        running requests wait at most that long for their next token); once their prompts are
+        done they join the batch with their first token.  A failed prefill fails only the
+        newcomers (the batch is left as it was)."""
+        joining = self._joining
+        if all(seq.cancelled for seq in joining):
+            for seq in joining:
+                self._fail(seq, "cancelled", "the client cancelled the request")
+            self._joining, self._prefilling = [], None
+            return
+        try:
+            if self._prefilling is None:
+                self._prefilling = self._batch.start([seq.prompt_ids for seq in joining])
+            logits = self._prefilling.feed(max(1, self.prefill_chunk // len(joining)))
+        except Exception:
+            log.exception("prefilling %d new requests failed; the %d running ones go on", len(joining),
+                          len(self._rows))  # fmt: skip
+            for seq in joining:
+                self._fail(seq, "internal_error", "the model failed on this prompt; see the worker log")
+            self._joining, self._prefilling = [], None
+            return
+        if logits is None:
+            return  # more chunks to come
+        self._joining, self._prefilling = [], None
+        offset = len(self._rows)
+        self._rows.extend(joining)
+        self._advance(joining, logits, offset)
+
+    @torch.inference_mode()
+    def _decode(self) -> None:
+        """One token for every running sequence."""
+        logits = self._batch.step([s.last_token for s in self._rows])
+        self._advance(self._rows, logits, offset=0)
 
     def _advance(self, stepping: list[Sequence], logits: torch.Tensor, offset: int) -> None:
         """Sample one token for each of `stepping` (rows offset.. of the batch); drop the finished."""

@@ -74,7 +74,7 @@ class EngineBase:
     @staticmethod
     def pool_slots(spec: ModelSpec) -> int:
         """Task threads the worker needs for this model, known before it is loaded."""
-        return spec.slots
+        return spec.slots or 1
 
     def card(self) -> ModelCard:
         return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length)

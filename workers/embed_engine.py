@@ -8,8 +8,9 @@ import threading
 from collections.abc import Callable
 
 from adapters import AdapterError, EmbedAdapter
-from protocol import EMBEDS, EmbedJob
+from protocol import EMBEDS, EmbedJob, ModelSpec
 from workers.contract import EngineBase
+from workers.sizing import EMBED_SLOTS
 
 CHUNK = 64  # rows per forward pass
 
@@ -23,13 +24,17 @@ class EmbeddingEngine(EngineBase):
 
     capabilities = EMBEDS
 
-    def __init__(self, adapter: EmbedAdapter, slots: int = 1, on_step_end: Callable[[], None] = lambda: None,
+    def __init__(self, adapter: EmbedAdapter, slots: int | None = None, on_step_end: Callable[[], None] = lambda: None,
                  keepalive: float = 5.0) -> None:  # fmt: skip
         self.adapter = adapter  # events are published by the task itself: nothing to flush or keep alive
-        self.slots = slots
+        self.slots = slots or EMBED_SLOTS
         self._lock = threading.Lock()
         self._active = 0
         self.tokens_read = 0
+
+    @staticmethod
+    def pool_slots(spec: ModelSpec) -> int:
+        return spec.slots or EMBED_SLOTS
 
     @property
     def free_slots(self) -> int:

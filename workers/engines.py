@@ -88,4 +88,4 @@ def pool_slots(spec: ModelSpec) -> int:
     try:
         return ENGINES[adapter_for(spec).kind].pool_slots(spec)
     except ModelLoadError:
-        return spec.slots  # reported when the worker loads its models
+        return spec.slots or 1  # reported when the worker loads its models

@@ -37,7 +37,7 @@ class SerialEngine(EngineBase):
     capabilities = GENERATES
     slots = 1
 
-    def __init__(self, adapter: TextAdapter, slots: int = 1, on_step_end: Callable[[], None] = lambda: None,
+    def __init__(self, adapter: TextAdapter, slots: int | None = 1, on_step_end: Callable[[], None] = lambda: None,
                  keepalive: float = 5.0) -> None:  # fmt: skip
         self.adapter = adapter  # `slots` is ignored: the model streams one reply at a time
         self._on_step_end = on_step_end

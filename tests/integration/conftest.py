@@ -54,9 +54,9 @@ def models_file(workdir: Path, tiny_model_dir: Path, tiny_model_dir_b: Path, fam
     return write_models_file(
         workdir / "models.yaml",
         {
-            "tiny-a": {"adapter": "hf-causal", "path": tiny_model_dir},
-            "tiny-b": {"adapter": "hf-causal", "path": tiny_model_dir_b},
-            "tiny-idle": {"adapter": "hf-causal", "path": tiny_model_dir},
+            "tiny-a": {"adapter": "hf-causal", "path": tiny_model_dir, "slots": 8},
+            "tiny-b": {"adapter": "hf-causal", "path": tiny_model_dir_b, "slots": 8},
+            "tiny-idle": {"adapter": "hf-causal", "path": tiny_model_dir, "slots": 8},
             # as the repo's models.yaml has it (defaults included), with an absolute path
             "smollm2-135m": {**_repo_entry("smollm2-135m"), "path": DEFAULT_MODEL_FILE},
             # model-free and slow (50 ms a step): for cancellation and fault tests

@@ -17,9 +17,16 @@ class Reference:
 
 @lru_cache(maxsize=4)
 def _load(model_dir: Path):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    from adapters.hf_causal import pick_dtype
+
+    # The dtype a worker picks for `dtype: auto` on this machine (bfloat16 on CPUs with native bf16),
+    # and the attention kernel it uses (adapters/hf_causal.py: SDPA rounds differently in bf16)
+    dtype = pick_dtype("auto", torch.device("cpu"))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
+    return AutoTokenizer.from_pretrained(model_dir), model.eval()
 
 
 def greedy(model_dir: Path, *, messages: list[dict] | None = None, prompt: str | None = None,

@@ -201,7 +201,7 @@ def test_prefix_cache_gives_the_same_tokens_as_computing_every_prompt_whole(
 def test_a_model_placed_by_accelerate_device_map_generates_the_same(
     adapter, alone, tiny_model_dir, tmp_path, make_engine
 ) -> None:
-    spec = ModelSpec(name="tiny", path=tiny_model_dir, device_map="cpu")
+    spec = ModelSpec(name="tiny", path=tiny_model_dir, device_map="cpu", dtype="float32")
     mapped = HfCausalAdapter(spec, tmp_path)
     mapped.load()
     engine = make_engine(mapped, slots=4)

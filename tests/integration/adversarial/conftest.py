@@ -38,7 +38,7 @@ def hostile_models(hostile_dir: Path, tiny_model_dir: Path) -> Path:
     return write_models_file(hostile_dir / "models.yaml", {
         # the default model, with a small prefix cache so that its bound is reached
         "smollm2-135m": {**_repo_entry("smollm2-135m"), "path": DEFAULT_MODEL_FILE, "prefix_cache_mb": 64},
-        "tiny-bounded": {"adapter": "hf-causal", "path": tiny_model_dir, "slots": 4,
+        "tiny-bounded": {"adapter": "hf-causal", "path": tiny_model_dir, "slots": 4, "dtype": "float32",
                          "kv_cache_mb": KV_BUDGET * TINY_KV_BYTES_PER_TOKEN / 2**20},
         "echo-slow": {"adapter": "echo", "slots": 4, "options": {"step_delay": 0.05}},
     })  # fmt: skip

@@ -14,7 +14,9 @@ import httpx
 import openai
 import psutil
 import pytest
+import torch
 
+from adapters.hf_causal import pick_dtype
 from protocol import stats_key
 from tests.integration.adversarial.conftest import KV_BUDGET, assert_serving, sdk
 from tests.integration.processes import Gateway, Worker, live_worker
@@ -73,7 +75,8 @@ def test_long_prompts_grow_the_worker_by_its_cache_bound_not_by_every_prefix(hos
     stats = _poll(lambda: (s := _stats(hostile_redis.client, "smollm2-135m")).get("prefix_cache_bytes") and s)
     print(f"{tokens} prompt tokens: worker RSS {idle:.0f} -> {idle + grown:.0f} MB; "
           f"prefix cache {stats['prefix_cache_bytes'] / 2**20:.0f} MB")  # fmt: skip
-    assert stats["kv_bytes_per_token"] == 46_080  # SmolLM2-135M: 30 layers x (keys, values) x 3 heads x 64 x 4 bytes
+    itemsize = torch.empty((), dtype=pick_dtype("auto", torch.device("cpu"))).element_size()  # the worker's dtype
+    assert stats["kv_bytes_per_token"] == 30 * 2 * 3 * 64 * itemsize  # SmolLM2-135M: layers x (keys, values) x heads x dim
     assert 0 < stats["prefix_cache_bytes"] <= stats["prefix_cache_limit_bytes"] == 64 * 2**20
     assert grown < 0.5 * idle + 64, f"the worker grew by {grown:.0f} MB"
     assert_serving(hostile_gateway, hostile_redis.client, "smollm2-135m", smollm)

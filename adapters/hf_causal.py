@@ -115,9 +115,10 @@ class HfCausalAdapter(ModelAdapter):
         (remote code keeps its own).  transformers' default, PyTorch's fused SDPA, gives a row
         results that depend on how much left padding its batch has (an ulp off in bfloat16 on
         CPUs and GPUs: enough to change a greedy reply), and with a padding mask it is slower:
-        a decode step of a 0.6B Llama on an H100 took 70 ms with SDPA and 20 ms eager (launch
-        bound), SmolLM2-135M on two CPU cores 50 against 33 ms (16 rows, bf16).  The plain
-        matmul-softmax-matmul gives each row the same result whatever its neighbours."""
+        a decode step of a 0.6B Llama on an H100 took 55-146 ms with SDPA and 17-30 ms eager
+        across runs, SmolLM2-135M on two CPU cores 50 against 33 ms (16 rows, bf16; at one row
+        eager is ~7 % slower).  The plain matmul-softmax-matmul gives each row the same result
+        whatever its neighbours (tests/unit/test_chunked_prefill.py, scripts/gpu_check.py)."""
         chosen = self.spec.options.get("attn_implementation")
         return chosen if chosen or remote else "eager"
 

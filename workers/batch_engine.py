@@ -106,7 +106,8 @@ class BatchEngine(EngineBase):
         """Counters for metrics: requests in the batch, its size, tokens generated since start,
         the KV cache it holds and may hold (token positions), the adapter's caches."""
         stats = {"running": len(self._rows), "slots": self.slots, "tokens": self.generated_tokens,
-                 "waiting": len(self._waiting) + len(self._joining), "kv_tokens": len(self._batch) * self._batch.columns}  # fmt: skip
+                 "waiting": len(self._waiting) + len(self._joining),  # being prefilled counts as waiting
+                 "kv_tokens": len(self._batch) * self._batch.columns}  # fmt: skip
         if self.kv_budget is not None:
             stats["kv_budget_tokens"] = self.kv_budget
         return {**stats, **self.adapter.cache_stats()}

@@ -13,7 +13,10 @@ from typing import Any
 
 from protocol import TOOL_CALL_OPEN as OPEN
 
-_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+# A block's body holds no other opening tag: a reply that mentions the tag before a real call
+# ("I'll answer with a <tool_call> block. <tool_call>{...}</tool_call>") must not swallow the call
+# into a body that starts at the mention.
+_BLOCK = re.compile(r"<tool_call>\s*((?:(?!<tool_call>).)*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
 def _call(obj: Any, names: frozenset[str], call_id: str) -> dict[str, Any] | None:
@@ -36,15 +39,17 @@ def parse_tool_calls(text: str, names: frozenset[str], seed: str = "") -> tuple[
     """(content without the calls, or None when nothing else was said; the tool calls)."""
     calls: list[dict[str, Any]] = []
     if OPEN in text:
-        for body in _BLOCK.findall(text):
+        first = len(text)  # where the first well-formed call starts: the content ends there
+        for block in _BLOCK.finditer(text):
             try:
-                call = _call(json.loads(body), names, call_id(seed, len(calls)))
+                call = _call(json.loads(block.group(1)), names, call_id(seed, len(calls)))
             except ValueError:
                 call = None
             if call:
                 calls.append(call)
+                first = min(first, block.start())
         if calls:
-            content = text[: text.index(OPEN)].strip()
+            content = text[:first].strip()
             return content or None, calls
     stripped = text.strip()
     if stripped.startswith("{"):

@@ -238,8 +238,9 @@ def raw_steps(adapter: HfCausalAdapter, ids: list[list[int]], levels: list[int])
             started = time.perf_counter()
             for _ in range(40):
                 tokens = batch.step(tokens).argmax(-1).tolist()
-            print(f"raw HfDecodeBatch.step ({adapter.model.config._attn_implementation}), {n} rows: {(time.perf_counter() - started) / 40 * 1000:.1f} ms a step",
-                  flush=True)  # fmt: skip
+            ms = (time.perf_counter() - started) / 40 * 1000
+            kernel = adapter.model.config._attn_implementation
+            print(f"raw HfDecodeBatch.step ({kernel}), {n} rows: {ms:.1f} ms a step", flush=True)
 
 
 def paged(model: object, ids: list[list[int]], new_tokens: int) -> tuple[str, float]:

@@ -68,8 +68,9 @@ class BatchEngine(EngineBase):
 
     capabilities = GENERATES
 
-    def __init__(self, adapter: ModelAdapter, slots: int | None = None, on_step_end: Callable[[], None] = lambda: None,
-                 keepalive: float = 5.0, prefill_chunk: int | None = None) -> None:  # fmt: skip
+    def __init__(self, adapter: ModelAdapter, slots: int | None = None,
+                 on_step_end: Callable[[], None] = lambda: None, keepalive: float = 5.0,
+                 prefill_chunk: int | None = None) -> None:  # fmt: skip
         self.adapter = adapter
         self._batch = adapter.new_batch()
         device = str(getattr(adapter, "device", adapter.spec.device))

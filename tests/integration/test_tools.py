@@ -53,6 +53,23 @@ def test_tool_calls_stream_as_delta_tool_calls_and_never_as_text(gateway, echo_w
     assert parsed[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
+def test_a_call_after_a_mention_of_the_tag_is_kept(client: openai.OpenAI, gateway, echo_worker) -> None:
+    mention = "I reply in a <tool_call> block."
+    ask = [{"role": "user", "content": f"{mention} {CALL}"}]
+    size = len(ask[0]["content"])
+    reply = client.chat.completions.create(model="echo-fast", messages=ask, tools=TOOLS, max_tokens=size)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == f"{mention} Checking."
+    assert json.loads(choice.message.tool_calls[0].function.arguments) == {"city": "Paris"}
+    body = {"model": "echo-fast", "messages": ask, "tools": TOOLS, "max_tokens": size, "stream": True}
+    status, payloads, _ = post_stream(gateway.base_url, "/v1/chat/completions", body)
+    parsed = chunks(payloads)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in parsed)
+    calls = [t for c in parsed for t in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert status == 200 and text == f"{mention} Checking." and '"city"' not in text
+    assert [t["function"]["name"] for t in calls] == ["get_weather"]
+
+
 def test_with_tool_choice_none_the_text_stays_text(client: openai.OpenAI, echo_worker) -> None:
     reply = client.chat.completions.create(model="echo-fast", messages=ASK, tools=TOOLS, tool_choice="none",
                                            max_tokens=len(CALL))  # fmt: skip

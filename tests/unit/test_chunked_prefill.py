@@ -77,7 +77,7 @@ def run(engine: BatchEngine, prompts: list[list[int]], params: list[SamplingPara
     return sinks
 
 
-def test_chunked_prefill_while_rows_join_and_leave_gives_each_requests_own_output(adapter, make_engine) -> None:
+def test_chunked_prefill_while_rows_join_and_leave_gives_each_own_output(adapter, make_engine) -> None:
     prompts = [adapter.text_prompt(long_text(12 + 9 * k, k)) for k in range(8)]  # 12..~80 words
     params = [SamplingParams(temperature=0.0, max_tokens=6 + 5 * (k % 4)) for k in range(8)]
     alone = make_engine(slots=1, prefill_chunk=4096)  # one request at a time, prompt in one pass

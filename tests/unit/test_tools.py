@@ -35,6 +35,26 @@ def test_a_bare_json_call_an_unclosed_block_and_nonsense() -> None:
     assert parse_tool_calls("Paris.", NAMES) == ("Paris.", [])
 
 
+MENTION = "I will answer with a <tool_call> block, as asked."
+
+
+def test_a_reply_that_mentions_the_tag_before_a_call_keeps_the_call() -> None:
+    content, calls = parse_tool_calls(f"{MENTION}\n{CALL}", NAMES)
+    assert content == MENTION  # the mention is prose; the call's syntax is gone
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == [{"city": "Paris"}]
+    content, calls = parse_tool_calls(f"{CALL} Then I wrote <tool_call> again.", NAMES)
+    assert content is None and len(calls) == 1
+
+
+@pytest.mark.parametrize("size", [1, 4, 9])
+def test_the_stream_filter_keeps_a_call_after_a_mention_of_the_tag(size: int) -> None:
+    text = f"{MENTION} {CALL}"
+    stream = ToolStreamFilter(NAMES)
+    shown = "".join(stream.push(text[i : i + size]) for i in range(0, len(text), size)) + stream.finish()
+    assert shown == MENTION and [c["function"]["name"] for c in stream.calls] == ["get_weather"]
+    assert '"city"' not in shown
+
+
 @pytest.mark.parametrize("size", [1, 3, 7])
 def test_the_stream_filter_never_leaks_call_syntax_as_content(size: int) -> None:
     text = f"Sure. {CALL}"

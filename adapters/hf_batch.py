@@ -58,15 +58,17 @@ class HfDecodeBatch(DecodeBatch):
     def columns(self) -> int:
         return 0 if self._mask is None else self._mask.shape[1]
 
+    def _cached_lengths(self, prompts: list[list[int]]) -> list[int]:
+        return [self._prefixes.cached_length(p) if self._prefixes else 0 for p in prompts]
+
     def width_with(self, prompts: list[list[int]]) -> int:
         """Prefilled together, rows take [their cached prefix | the rest], each part padded to
         the longest among them."""
-        cached = [self._prefixes.cached_length(p) if self._prefixes else 0 for p in prompts]
+        cached = self._cached_lengths(prompts)
         return max(cached) + max(len(p) - c for p, c in zip(prompts, cached))
 
     def prefill_columns(self, prompts: list[list[int]]) -> int:
-        cached = [self._prefixes.cached_length(p) if self._prefixes else 0 for p in prompts]
-        return max(len(p) - c for p, c in zip(prompts, cached))
+        return max(len(p) - c for p, c in zip(prompts, self._cached_lengths(prompts)))
 
     def add(self, prompts: list[list[int]]) -> torch.Tensor:
         """Prefill the newcomers in one forward pass and join them to the batch."""

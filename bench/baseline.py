@@ -49,7 +49,7 @@ def _generate(tokenizer, model, prompts: list[str], max_tokens: int) -> tuple[fl
 
 def measure(tokenizer, model, max_tokens: int, batch_sizes: list[int], singles: int = 4) -> Baseline:
     _generate(tokenizer, model, _prompts(tokenizer, 1), 4)  # warm-up
-    ttfts, seconds, tokens = [0.0], 0.0, 0
+    ttfts, seconds, tokens = [], 0.0, 0
     for prompt in _prompts(tokenizer, singles):
         ttfts.append(_generate(tokenizer, model, [prompt], 1)[0] * 1000)
         elapsed, produced = _generate(tokenizer, model, [prompt], max_tokens)
@@ -58,4 +58,5 @@ def measure(tokenizer, model, max_tokens: int, batch_sizes: list[int], singles: 
     for size in batch_sizes:
         elapsed, produced = _generate(tokenizer, model, _prompts(tokenizer, size), max_tokens)
         batches[size] = produced / elapsed
-    return Baseline(tokens / seconds if seconds else 0.0, statistics.median(ttfts[1:] or ttfts), batches)
+    # singles=0 measures the static batches alone
+    return Baseline(tokens / seconds if seconds else 0.0, statistics.median(ttfts) if ttfts else 0.0, batches)

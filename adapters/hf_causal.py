@@ -107,7 +107,7 @@ class HfCausalAdapter(ModelAdapter):
             "prefix cache: %s",
             self.spec.name, self.model.config.model_type, dtype, self.device, self._context_length,
             time.monotonic() - started, self.kv_bytes_per_token, self._kv_budget,
-            f"{self._prefixes.max_bytes / MB:.0f} MB" if self._prefixes else "off",
+            f"{self._prefixes.max_bytes / MB:.0f} MB" if self._prefixes is not None else "off",
         )  # fmt: skip
 
     def _attention(self, remote: bool) -> str | None:

@@ -12,6 +12,8 @@ from protocol import ChatMessage, GenerateJob, ModelSpec, SamplingParams
 if TYPE_CHECKING:
     import torch
 
+    from adapters.guidance import Grammars
+
 # Which engine drives an adapter (workers.engines.ENGINES): logits that the worker samples in a
 # batch, text the model streams itself, or embeddings.
 AdapterKind = Literal["batch", "text", "embed"]
@@ -209,6 +211,11 @@ class ModelAdapter(AdapterBase):
     def cache_stats(self) -> dict[str, int]:
         """Counters of the adapter's caches, for the worker's heartbeat."""
         return {}
+
+    @property
+    def grammars(self) -> Grammars | None:
+        """How this model's output is held to a grammar (structured outputs); None: it cannot be."""
+        return None
 
     @property
     def chat_stops(self) -> tuple[str, ...]:

@@ -138,6 +138,8 @@ class ChatGLMAdapter(TextAdapter):
         params = job.params
         if job.tools:
             raise UnsupportedParameter("tools", self.spec.name)
+        if job.constraint is not None:  # a grammar masks logits
+            raise UnsupportedParameter(job.constraint.param, self.spec.name, "(structured output) is not supported by model")
         if params.logprobs is not None:
             raise UnsupportedParameter("logprobs", self.spec.name)
         if params.logit_bias:

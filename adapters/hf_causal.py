@@ -16,6 +16,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from adapters.base import ModelAdapter, ModelLoadError
 from adapters.detokenize import IncrementalDetokenizer
+from adapters.guidance import Grammars, hf_grammars
 from adapters.gguf_cache import convert_gguf
 from adapters.hf_batch import HfDecodeBatch
 from adapters.memory import KV_CACHE_SHARE, MB, PREFIX_CACHE_SHARE, budget_bytes
@@ -99,6 +100,7 @@ class HfCausalAdapter(ModelAdapter):
         self.kv_bytes_per_token = self._kv_bytes_per_token()
         kv_bytes = budget_bytes(self.spec.kv_cache_mb, KV_CACHE_SHARE, self.device)
         self._kv_budget = max(1, kv_bytes // self.kv_bytes_per_token) if self.kv_bytes_per_token else None
+        self._grammars: Grammars | None = None
         self._prefixes = None
         if self._mergeable_cache and self.spec.prefix_cache:
             self._prefixes = PrefixCache(budget_bytes(self.spec.prefix_cache_mb, PREFIX_CACHE_SHARE, self.device))
@@ -137,8 +139,17 @@ class HfCausalAdapter(ModelAdapter):
     def kv_budget_tokens(self) -> int | None:
         return self._kv_budget
 
+    @property
+    def grammars(self) -> Grammars | None:
+        """A fast (Rust) tokenizer's vocabulary is what llguidance reads; slow ones cannot be."""
+        if self._grammars is None and getattr(self.tokenizer, "is_fast", False):
+            self._grammars = hf_grammars(self.tokenizer, self.vocab_size, self.eos_ids)
+        return self._grammars
+
     def cache_stats(self) -> dict[str, int]:
         stats = {"kv_bytes_per_token": self.kv_bytes_per_token}
+        if self._grammars is not None:
+            stats.update(self._grammars.stats())
         if self._prefixes is not None:
             stats.update(prefix_cache_bytes=self._prefixes.bytes, prefix_cache_limit_bytes=self._prefixes.max_bytes,
                          prefix_cache_hits=self._prefixes.hits, prefix_cache_misses=self._prefixes.misses)  # fmt: skip

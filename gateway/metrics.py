@@ -174,6 +174,7 @@ _WORKER_GAUGES = {
     "kv_budget_tokens": ("queuechat_worker_kv_cache_budget_tokens", "Most token positions the batch may hold"),
     "prefix_cache_bytes": ("queuechat_worker_prefix_cache_bytes", "Bytes the prefix cache holds"),
     "prefix_cache_limit_bytes": ("queuechat_worker_prefix_cache_limit_bytes", "The prefix cache's bound"),
+    "grammar_cache_entries": ("queuechat_worker_grammar_cache_entries", "Compiled grammars a worker keeps (structured outputs)"),
 }
 
 

@@ -18,6 +18,7 @@ from gateway.jobs import metadata_of
 from gateway.keep import Keep
 from gateway.reply import Format, Generation, Reply
 from gateway.settings import GatewaySettings
+from gateway.structured import StructuredFields, only_one, tool_call
 from gateway.tool_types import (
     ChatCompletionTool,
     NamedToolChoice,
@@ -26,7 +27,7 @@ from gateway.tool_types import (
     ToolChoice,
     choice_name,
 )
-from protocol import ChatMessage, EmbedJob, GenerateJob, SamplingParams, ToolCall, with_system_text
+from protocol import ChatMessage, Constraint, EmbedJob, GenerateJob, SamplingParams, ToolCall, with_system_text
 
 MAX_STOP_SEQUENCES = 4
 
@@ -117,8 +118,8 @@ class _Request(BaseModel):
         return data
 
 
-class _GenerationRequest(_Request):
-    """Fields shared by chat and completions requests."""
+class _GenerationRequest(StructuredFields, _Request):
+    """Fields shared by chat and completions requests (the structured-output extensions too)."""
 
     model: Annotated[str, Field(min_length=1)]
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -281,13 +282,25 @@ class CreateChatCompletionRequest(_GenerationRequest):
         return Reply(Format.CHAT, self.stream, self.include_usage, logprobs=bool(self.logprobs), n=self.n,
                      tool_names=self.offered_tools)  # fmt: skip
 
+    def constraint(self) -> Constraint | None:
+        """The grammar the reply must match: the response format's, a forced tool call's, or an
+        extension's (one at most)."""
+        forced = None
+        name = choice_name(self.tool_choice) if self.tools else None
+        if name is not None and name != "auto":
+            functions = [t.function.model_dump(exclude_none=True) for t in self.tools or []]
+            forced = tool_call(functions, None if name == "required" else name, self.parallel_tool_calls is True)
+        fmt = self.response_format.constraint() if self.response_format else None
+        return only_one(fmt, forced, self.extension_constraint())
+
     def to_jobs(self, queue_timeout: float, response_id: str | None = None) -> list[GenerateJob]:
+        constraint = self.constraint()
         messages = tuple(m.to_message() for m in self.messages)
         if self.response_format and (instruction := self.response_format.instruction()):
             messages = with_system_text(messages, instruction)
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         params = self.sampling_params(self.max_completion_tokens or self.max_tokens, logprobs)
-        chat: dict[str, Any] = {"messages": messages}
+        chat: dict[str, Any] = {"messages": messages, "constraint": constraint}
         if self.offered_tools:
             chat["tools"] = tuple(t.function.model_dump(exclude_none=True) for t in self.tools or [])
             chat["tool_choice"] = choice_name(self.tool_choice)
@@ -300,6 +313,7 @@ class CreateCompletionRequest(_GenerationRequest):
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool | None = False
+    response_format: ResponseFormat | None = None  # an extension here, as vLLM has it
 
     @model_validator(mode="after")
     def _echo_without_logprobs(self) -> CreateCompletionRequest:
@@ -322,7 +336,10 @@ class CreateCompletionRequest(_GenerationRequest):
 
     def to_jobs(self, queue_timeout: float, response_id: str | None = None) -> list[GenerateJob]:
         params = self.sampling_params(self.max_tokens, self.logprobs)
-        return self._jobs(response_id, queue_timeout, [{"prompt": p} for p in self.prompts], params)
+        fmt = self.response_format.constraint() if self.response_format else None
+        constraint = only_one(fmt, self.extension_constraint())
+        return self._jobs(response_id, queue_timeout, [{"prompt": p, "constraint": constraint} for p in self.prompts],
+                          params)  # fmt: skip
 
 
 MAX_EMBEDDING_INPUTS = 2048  # as OpenAI

@@ -17,8 +17,9 @@ from pydantic import Field, ValidationError, model_validator
 from gateway.errors import InvalidRequest
 from gateway.openai_types import _Request
 from gateway.settings import GatewaySettings
+from gateway.structured import only_one, tool_call
 from gateway.tool_types import JsonSchemaFormat, ResponseFormat
-from protocol import ChatMessage, GenerateJob, SamplingParams, ToolCall, with_system_text
+from protocol import ChatMessage, Constraint, GenerateJob, SamplingParams, ToolCall, with_system_text
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 _TEXT_PARTS = {"input_text", "output_text", "text"}
@@ -107,15 +108,28 @@ class CreateResponseRequest(_Request):
             raise InvalidRequest("A 'json_schema' text format needs its 'schema'.", param="text.format.schema")
         return dict(fmt)
 
-    def format_instruction(self) -> str | None:
-        """What the model is told for `text.format` (an instruction: the output is not constrained)."""
+    def response_format(self) -> ResponseFormat:
+        """`text.format` as chat's response_format."""
         fmt = self.format
         try:
             schema = JsonSchemaFormat.model_validate({"name": fmt.get("name") or "output", "schema": fmt.get("schema")})
         except ValidationError:
             raise InvalidRequest("'text.format.name' is 1 to 64 letters, digits, '_' or '-'.",
                                  param="text.format.name") from None  # fmt: skip
-        return ResponseFormat(type=fmt["type"], json_schema=schema).instruction()
+        return ResponseFormat(type=fmt["type"], json_schema=schema)
+
+    def format_instruction(self) -> str | None:
+        """What the model is told for `text.format` (a grammar holds it to it as well)."""
+        return self.response_format().instruction()
+
+    def constraint(self) -> Constraint | None:
+        """The grammar the output must match: text.format's or a forced tool call's (one at most)."""
+        fmt = self.response_format().constraint("text.format")
+        forced, name = None, self.choice_name
+        if name is not None and name != "auto":
+            functions = [{"name": t["name"], "parameters": t.get("parameters")} for t in self.tools or []]
+            forced = tool_call(functions, None if name == "required" else name, self.parallel_tool_calls is True)
+        return only_one(fmt, forced)
 
     def input_items(self) -> list[dict[str, Any]]:
         """The input as a list of items in OpenAI's resource shapes (each with an id)."""
@@ -153,7 +167,7 @@ class CreateResponseRequest(_Request):
             fields["tools"] = tuple({"name": t["name"], "description": t.get("description") or "",
                                      "parameters": t.get("parameters") or {}} for t in self.tools or [])  # fmt: skip
             fields["tool_choice"] = self.choice_name
-        return GenerateJob(request_id=response_id, model=self.model, messages=messages,
+        return GenerateJob(request_id=response_id, model=self.model, messages=messages, constraint=self.constraint(),
                            params=self.sampling_params(settings.max_tokens_limit),
                            expires_at=time.time() + settings.queue_timeout, **fields)  # fmt: skip
 

@@ -1,5 +1,6 @@
 """Request types for tool calling and structured output (chat completions), and what they add
-to a job: the tools for the prompt, and a system instruction for `response_format`."""
+to a job: the tools for the prompt, a system instruction for `response_format`, and the grammar
+that guarantees it (gateway/structured.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from gateway import structured
+from protocol import Constraint
 
 
 class _Open(BaseModel):
@@ -61,8 +65,17 @@ class ResponseFormat(_Open):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
+    def constraint(self, param: str = "response_format") -> Constraint | None:
+        """The grammar that holds the output to this format (None for text)."""
+        if self.type == "json_object":
+            return structured.json_object(param)
+        if self.type == "json_schema" and self.json_schema is not None:
+            return structured.json_schema(self.json_schema.schema_ or {}, f"{param}.json_schema.schema")
+        return None
+
     def instruction(self) -> str | None:
-        """What the model is told; the output is not constrained by a grammar."""
+        """What the model is told (besides the grammar holding it to it: it writes better values
+        when it knows what is asked)."""
         if self.type == "json_object":
             return "Respond only with one valid JSON object, and nothing else."
         if self.type == "json_schema" and self.json_schema is not None:

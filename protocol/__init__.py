@@ -31,6 +31,7 @@ from protocol.jobs import (
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
     ChatMessage,
+    Constraint,
     EmbedJob,
     GenerateJob,
     SamplingParams,
@@ -70,6 +71,7 @@ from protocol.settings import DEFAULT_MODELS_FILE, QueueSettings
 __all__ = [
     "Capability",
     "ChatMessage",
+    "Constraint",
     "DEFAULT_MODELS_FILE",
     "DoneEvent",
     "EMBEDS",

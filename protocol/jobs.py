@@ -89,6 +89,18 @@ def with_system_text(messages: Sequence[ChatMessage], text: str) -> tuple[ChatMe
     return (ChatMessage(role="system", content=text), *messages)
 
 
+class Constraint(WireModel):
+    """What the output must match, as a grammar the worker compiles against its tokenizer and
+    applies as a token mask (grammar-constrained decoding).  The gateway builds and validates it
+    (gateway/structured.py), so a bad schema is refused before it is queued."""
+
+    grammar: str = Field(min_length=1, description="llguidance's grammar format: its JSON grammar list "
+                         "(JSON schemas, Lark with %json), as llguidance.LLMatcher.grammar_from_* build it")
+    kind: str = Field(description="what asked for it, for logs and errors: json_schema, json_object, regex, "
+                      "choice, grammar, tool_call")
+    param: str = Field(description="the request parameter it came from; errors name it")
+
+
 class GenerateJob(WireModel):
     """One request for one model.  Exactly one of `messages` (chat) or `prompt` (completion)."""
 
@@ -99,6 +111,7 @@ class GenerateJob(WireModel):
     params: SamplingParams = SamplingParams()
     tools: tuple[dict[str, Any], ...] | None = Field(None, description="OpenAI function definitions (name, description, parameters)")
     tool_choice: str | None = Field(None, description="auto, required, or the name of the function to call")
+    constraint: Constraint | None = Field(None, description="the grammar the output must match (None: free text)")
     expires_at: float = Field(description="unix time after which the work is worthless")
     log_ttl: int | None = Field(None, ge=1, description="a kept job: its events also go to its replay log, which "
                                 "lives this many seconds after the last event, and the work goes on when nobody "

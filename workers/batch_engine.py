@@ -27,6 +27,7 @@ import torch
 
 from adapters import ContextLengthExceeded, EmptyPrompt, KVCacheExceeded, ModelAdapter, UnsupportedParameter
 from adapters.base import Detokenizer, Prefill
+from adapters.guidance import LANDING_TOKENS, LLMatcher
 from adapters.sampling import apply_penalties, logprobs_of, make_generator, next_token
 from adapters.stops import StopMatcher
 from protocol import (
@@ -61,6 +62,7 @@ class Sequence:
     cancelled: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
     last_sent: float = field(default_factory=time.monotonic)  # when its sink last heard from the engine
+    grammar: LLMatcher | None = None  # what its output must match (structured outputs)
 
 
 class BatchEngine(EngineBase):
@@ -130,7 +132,17 @@ class BatchEngine(EngineBase):
         if any(not 0 <= token < self.adapter.vocab_size for token, _ in job.params.logit_bias):
             raise UnsupportedParameter("logit_bias", self.adapter.spec.name,
                                        f"holds a token id outside this model's vocabulary (0..{self.adapter.vocab_size - 1})")  # fmt: skip
+        self._grammar(job)  # compiled here, in the task thread: a grammar that fails is refused before the start
         return ids
+
+    def _grammar(self, job: GenerateJob) -> LLMatcher | None:
+        """A matcher of the job's constraint (from the model's compiled grammars); None without one."""
+        if job.constraint is None:
+            return None
+        if self.adapter.grammars is None:
+            raise UnsupportedParameter(job.constraint.param, self.adapter.spec.name,
+                                       "(structured output) is not supported by model")  # fmt: skip
+        return self.adapter.grammars.matcher(job.constraint)
 
     def _check_budget(self, job: GenerateJob, prompt_tokens: int) -> None:
         """Refuse a request that could not fit in the KV cache even alone: a prompt that fills it,
@@ -159,10 +171,10 @@ class BatchEngine(EngineBase):
     def submit_job(self, job: GenerateJob, prompt_ids: list[int], sink: Sink) -> Sequence:
         """Queue `job` (tokenized by `prompt_ids`); chats also stop at the template's boundaries."""
         extra = self.adapter.chat_stops if job.messages is not None else ()
-        return self.submit(prompt_ids, job.params, sink, extra_stops=extra)
+        return self.submit(prompt_ids, job.params, sink, extra_stops=extra, grammar=self._grammar(job))
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink,
-               extra_stops: tuple[str, ...] = ()) -> Sequence:  # fmt: skip
+               extra_stops: tuple[str, ...] = (), grammar: LLMatcher | None = None) -> Sequence:  # fmt: skip
         """Queue a sequence for the next step boundary; its results go to `sink`."""
         params = params.resolved(**self._defaults)
         seq = Sequence(
@@ -173,6 +185,7 @@ class BatchEngine(EngineBase):
             detokenizer=self.adapter.detokenizer(prompt_ids),
             stops=StopMatcher(params.stop + tuple(s for s in extra_stops if s not in params.stop)),
             generator=make_generator(params, torch.device("cpu")),
+            grammar=grammar,
         )
         with self._wake:
             if self._closing:
@@ -301,7 +314,12 @@ class BatchEngine(EngineBase):
         self._advance(self._rows, logits, offset=0)
 
     def _advance(self, stepping: list[Sequence], logits: torch.Tensor, offset: int) -> None:
-        """Sample one token for each of `stepping` (rows offset.. of the batch); drop the finished."""
+        """Sample one token for each of `stepping` (rows offset.. of the batch); drop the finished.
+        A row with a grammar samples among the tokens it allows (its own row of logits masked)."""
+        held = [i for i, seq in enumerate(stepping) if seq.grammar is not None and not seq.cancelled]
+        if held and self.adapter.grammars is not None:
+            near = [stepping[i].limit - stepping[i].produced <= min(LANDING_TOKENS, stepping[i].limit // 4) for i in held]
+            self.adapter.grammars.mask_rows(logits, held, [stepping[i].grammar for i in held], near)
         greedy = logits.argmax(dim=-1).tolist()
         done = []
         for i, seq in enumerate(stepping):
@@ -320,6 +338,10 @@ class BatchEngine(EngineBase):
         wrong here fails this request alone."""
         try:
             token = self._choose(seq, logits, argmax)
+            if seq.grammar is not None and not seq.grammar.consume_token(token):
+                self._fail(seq, "internal_error", f"no token of this model continues the requested grammar here "
+                           f"({seq.grammar.get_error() or 'token not allowed'})")  # fmt: skip
+                return True
             return self._accept(seq, token, self._logprob(logits, token, seq.params.logprobs))
         except Exception:
             log.exception("generating a token failed; failing that request only")

@@ -16,8 +16,8 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from adapters.base import ModelAdapter, ModelLoadError
 from adapters.detokenize import IncrementalDetokenizer
-from adapters.guidance import Grammars, hf_grammars
 from adapters.gguf_cache import convert_gguf
+from adapters.guidance import Grammars, hf_grammars
 from adapters.hf_batch import HfDecodeBatch
 from adapters.memory import KV_CACHE_SHARE, MB, PREFIX_CACHE_SHARE, budget_bytes
 from adapters.prefix_cache import PrefixCache

@@ -3,8 +3,9 @@
 A chat template that knows `tools` (its source mentions them) gets them through
 `apply_chat_template(tools=...)`; any other template gets a system message describing them in
 the widely trained Hermes style, asking for `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
-(gateway/tool_calls.py parses the reply).  Nothing forces the model to call a tool:
-tool_choice "required" or a named function is a written instruction, not a grammar.
+(gateway/tool_calls.py parses the reply).  tool_choice "required" or a named function is
+also said in words here; the grammar the gateway adds (gateway/structured.py) is what holds the
+reply to a well-formed call.
 """
 
 from __future__ import annotations

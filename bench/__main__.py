@@ -11,6 +11,8 @@ Tokens are counted by re-tokenizing the received text with the model's tokenizer
 with plain requests, and prints the kept/plain throughput ratio: the event log's cost.
 --request-rate R sends requests open loop instead (Poisson arrivals, mixed lengths: bench/openloop.py),
 with or without --echo; --sweep finds the highest rate that meets the SLO.
+--structured measures the cost of grammar-constrained decoding: the same level with free replies and
+with replies held to a JSON schema, alternating (bench/structured.py).
 """
 
 from __future__ import annotations
@@ -198,6 +200,7 @@ def main() -> None:
     parser.add_argument("--compare-model", default=None, help="model name at --compare-url")
     parser.add_argument("--dtypes", action="store_true", help="float32 vs bfloat16 in-process: speed and greedy agreement")
     parser.add_argument("--echo", action="store_true", help="relay throughput with the model-free echo adapter")
+    parser.add_argument("--structured", action="store_true", help="free vs JSON-schema-constrained replies, alternating")
     parser.add_argument("--keep", action="store_true", help="also measure kept (store: true) requests: the event log's cost")
     parser.add_argument("--streams", type=int, help="with --echo: this many concurrent streams through one gateway")
     parser.add_argument("--workers", type=int, default=4, help="with --streams: echo workers sharing the slots")
@@ -216,6 +219,15 @@ def main() -> None:
         bench_dtypes(_model_folder(args.model, args.models_file), args.max_tokens, sizes)
     elif args.request_rate or args.sweep:
         bench_open(args)
+    elif args.structured:
+        from transformers import AutoTokenizer
+
+        from bench.structured import bench_structured
+
+        tokenizer = AutoTokenizer.from_pretrained(_model_folder(args.model, args.models_file))
+        levels = [16] if args.concurrency == [1, 4, 8, 16] else args.concurrency
+        bench_structured(args.model, args.models_file, levels, args.rounds, args.max_tokens,
+                         lambda text: base.count_tokens(tokenizer, text), args.url)  # fmt: skip
     elif args.echo and args.streams:
         from bench.streams import bench_streams
 

@@ -12,6 +12,7 @@ from abc import abstractmethod
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from gateway.errors import InvalidRequest
 from gateway.jobs import metadata_of
@@ -186,6 +187,13 @@ class _GenerationRequest(StructuredFields, _Request):
         response_id = f"{self._ID_PREFIX}-{uuid.uuid4().hex}"
         jobs = tuple(self.to_jobs(settings.queue_timeout, response_id))
         return Generation(response_id, jobs, self.reply(), self.keep(detach_grace))
+
+    async def generation_off_loop(self, settings: GatewaySettings, detach_grace: float | None = None) -> Generation:
+        """`generation`, in a worker thread when it compiles a grammar (the event loop serves
+        every other client meanwhile)."""
+        if self.compiles_grammar:
+            return await run_in_threadpool(self.generation, settings, detach_grace)
+        return self.generation(settings, detach_grace)
 
     def keep(self, detach_grace: float | None) -> Keep | None:
         """How this request outlives its connection (None: it does not; it ends with it)."""

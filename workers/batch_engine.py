@@ -27,7 +27,7 @@ import torch
 
 from adapters import ContextLengthExceeded, EmptyPrompt, KVCacheExceeded, ModelAdapter, UnsupportedParameter
 from adapters.base import Detokenizer, Prefill
-from adapters.guidance import LANDING_TOKENS, LLMatcher
+from adapters.guidance import LANDING_TOKENS, GrammarState
 from adapters.sampling import apply_penalties, logprobs_of, make_generator, next_token
 from adapters.stops import StopMatcher
 from protocol import (
@@ -62,7 +62,7 @@ class Sequence:
     cancelled: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
     last_sent: float = field(default_factory=time.monotonic)  # when its sink last heard from the engine
-    grammar: LLMatcher | None = None  # what its output must match (structured outputs)
+    grammar: GrammarState | None = None  # what its output must match (structured outputs)
 
 
 class BatchEngine(EngineBase):
@@ -135,14 +135,14 @@ class BatchEngine(EngineBase):
         self._grammar(job)  # compiled here, in the task thread: a grammar that fails is refused before the start
         return ids
 
-    def _grammar(self, job: GenerateJob) -> LLMatcher | None:
+    def _grammar(self, job: GenerateJob) -> GrammarState | None:
         """A matcher of the job's constraint (from the model's compiled grammars); None without one."""
         if job.constraint is None:
             return None
         if self.adapter.grammars is None:
             raise UnsupportedParameter(job.constraint.param, self.adapter.spec.name,
                                        "(structured output) is not supported by model")  # fmt: skip
-        return self.adapter.grammars.matcher(job.constraint)
+        return self.adapter.grammars.state(job.constraint)
 
     def _check_budget(self, job: GenerateJob, prompt_tokens: int) -> None:
         """Refuse a request that could not fit in the KV cache even alone: a prompt that fills it,
@@ -174,7 +174,7 @@ class BatchEngine(EngineBase):
         return self.submit(prompt_ids, job.params, sink, extra_stops=extra, grammar=self._grammar(job))
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink,
-               extra_stops: tuple[str, ...] = (), grammar: LLMatcher | None = None) -> Sequence:  # fmt: skip
+               extra_stops: tuple[str, ...] = (), grammar: GrammarState | None = None) -> Sequence:  # fmt: skip
         """Queue a sequence for the next step boundary; its results go to `sink`."""
         params = params.resolved(**self._defaults)
         seq = Sequence(
@@ -338,9 +338,9 @@ class BatchEngine(EngineBase):
         wrong here fails this request alone."""
         try:
             token = self._choose(seq, logits, argmax)
-            if seq.grammar is not None and not seq.grammar.consume_token(token):
+            if seq.grammar is not None and not seq.grammar.consume(token):
                 self._fail(seq, "internal_error", f"no token of this model continues the requested grammar here "
-                           f"({seq.grammar.get_error() or 'token not allowed'})")  # fmt: skip
+                           f"({seq.grammar.error})")  # fmt: skip
                 return True
             return self._accept(seq, token, self._logprob(logits, token, seq.params.logprobs))
         except Exception:

@@ -22,7 +22,7 @@ async def create_chat_completion(body: CreateChatCompletionRequest, request: Req
                                  settings: SettingsDep, labels: HttpLabelsDep, keeper: KeeperDep,
                                  grace: GraceHeader = None) -> Response:  # fmt: skip
     labels.model = relay.registry.metric_label(body.model)
-    generation = body.generation(settings, detach_grace(grace))
+    generation = await body.generation_off_loop(settings, detach_grace(grace))
     return await respond(relay, generation, request.is_disconnected, keeper)
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 
 from gateway.deps import HttpLabelsDep, KeeperDep, RelayDep, SettingsDep
 from gateway.errors import InvalidRequest, NotFound, from_event
@@ -82,7 +83,7 @@ async def create_response(body: CreateResponseRequest, request: Request, relay: 
     store = keeper.store
     grace = detach_grace(grace_header)
     history = await _history(store, body.previous_response_id)
-    job = body.job(settings, new_response_id(), history)
+    job = await run_in_threadpool(body.job, settings, new_response_id(), history)  # may compile a grammar
     record = _record(body, job, grace)
     kept = record.stored or record.background or grace is not None
     if kept:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from fastapi.responses import Response
-from sse_starlette import EventSourceResponse
 
 from gateway.errors import APIError, InvalidRequest, NotFound
 from gateway.fanout import Choices
@@ -19,6 +18,7 @@ from gateway.keep import Detacher, Position, coalesced, reply_of, resume_positio
 from gateway.relay import ClientGone, OnLeave, Relay
 from gateway.render import Body, Envelope, collect, collect_logged, sse_events, sse_stream
 from gateway.reply import Generation
+from gateway.sse import event_stream
 from protocol import FINAL_EVENTS
 
 QUEUE_POSITION_HEADER = "X-QueueChat-Queue-Position"  # requests ahead of this one when it was queued
@@ -66,14 +66,14 @@ async def respond(relay: Relay, generation: Generation, client_gone: ClientGone 
                     async for data in coalesced(chunks, lambda: choices.ready):
                         yield data
 
-            return EventSourceResponse(numbered(), sep="\n", headers=headers)
+            return event_stream(numbered(), headers)
 
         async def stream() -> AsyncIterator[str]:
             async with choices:
                 async for payload in sse_stream(choices, env, generation.reply, count):
                     yield payload
 
-        return EventSourceResponse(stream(), sep="\n", headers=headers)
+        return event_stream(stream(), headers)
     async with choices:
         body = await collect(choices, env, generation.reply, count)
     return Response(body.to_json(), media_type="application/json", headers=headers)
@@ -124,7 +124,7 @@ async def resume(relay: Relay, keeper: Detacher, record: JobRecord, after: Posit
         finally:
             await keeper.left(record)
 
-    return EventSourceResponse(numbered(), sep="\n", headers={"X-Request-Id": record.id})
+    return event_stream(numbered(), {"X-Request-Id": record.id})
 
 
 async def stored_completion(store: JobStore, record: JobRecord) -> Body | None:

@@ -23,6 +23,7 @@ from gateway.errors import InvalidRequest, NotFound, from_event
 from gateway.jobs import JobRecord, JobStore, metadata_of
 from gateway.keep import Detacher, detach_grace
 from gateway.listing import list_page
+from gateway.sse import event_stream
 from gateway.relay import Relay
 from gateway.responses_render import ResponseState, replayed, stream_events
 from gateway.responses_request import CreateResponseRequest, new_response_id
@@ -73,7 +74,7 @@ def _tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sse(chunks: AsyncIterator[bytes], response_id: str) -> EventSourceResponse:
-    return EventSourceResponse(chunks, sep="\n", headers={"X-Request-Id": response_id})
+    return event_stream(chunks, {"X-Request-Id": response_id})
 
 
 @router.post("/v1/responses", response_model=None)

@@ -25,6 +25,12 @@ MODEL = "smollm2-135m"
 MAX_TOKENS = 300
 
 
+@pytest.fixture
+def client(client: openai.OpenAI) -> openai.OpenAI:
+    """The shared client, patient: a CPU writes a few hundred tokens per reply here."""
+    return client.with_options(timeout=600)
+
+
 @pytest.fixture(scope="module")
 def smollm_worker(env, workdir, redis_server, gateway) -> Iterator[Worker]:
     if not DEFAULT_MODEL_FILE.exists():
@@ -34,7 +40,7 @@ def smollm_worker(env, workdir, redis_server, gateway) -> Iterator[Worker]:
 
 
 def _ask_schema(client: openai.OpenAI, name: str, schema: dict, prompt: str, temperature: float) -> tuple[str, str]:
-    reply = client.with_options(timeout=600).chat.completions.create(
+    reply = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": prompt}], temperature=temperature, seed=7,
         max_tokens=MAX_TOKENS, response_format={"type": "json_schema", "json_schema": {"name": name, "schema": schema}},
     )  # fmt: skip
@@ -89,7 +95,7 @@ def test_langchain_with_structured_output(gateway, smollm_worker, method: str) -
     from langchain_openai import ChatOpenAI
 
     llm = ChatOpenAI(model=MODEL, base_url=f"{gateway.base_url}/v1", api_key="unused", temperature=0,
-                     max_tokens=MAX_TOKENS, max_retries=0)  # fmt: skip
+                     max_tokens=MAX_TOKENS, max_retries=0, timeout=600)  # fmt: skip
     answer = llm.with_structured_output(City, method=method).invoke(PARIS)
     assert isinstance(answer, City)
 

@@ -13,8 +13,11 @@ import httpx
 import openai
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.integration.processes import Worker, live_worker
+from tests.integration.test_fuzz import JSON
 from tests.scoring_schemas import assert_scoring_valid
 
 TEXTS = ["the cat sat on the mat", "paris is the capital of france", "queue worker", "dog"]
@@ -178,3 +181,25 @@ def test_bad_requests_are_400_naming_the_parameter(gateway, scoring_worker, path
 def test_an_unknown_model_is_404(gateway, scoring_worker) -> None:
     error = _post(gateway, "/v1/rerank", {"model": "no-such-model", "query": "q", "documents": ["d"]}, status=404)
     assert error["error"]["param"] == "model"
+
+
+TEXT = st.text(max_size=30) | st.sampled_from(TEXTS)
+TEXTS_OR_ONE = TEXT | st.lists(TEXT | st.fixed_dictionaries({"text": TEXT}), max_size=4) | JSON
+BODY = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["tiny-classifier", "tiny-cross-encoder", "tiny-a", "no-such-model", ""]) | JSON,
+        "input": TEXTS_OR_ONE, "text_1": TEXTS_OR_ONE, "text_2": TEXTS_OR_ONE, "queries": TEXTS_OR_ONE,
+        "documents": TEXTS_OR_ONE, "query": TEXT | JSON, "top_n": st.integers(-2, 6) | JSON,
+        "return_documents": st.booleans() | JSON,
+    },
+)  # fmt: skip
+ANSWERS = {"/v1/classify": "ClassificationResponse", "/v1/score": "ScoreResponse", "/v1/rerank": "RerankResponse"}
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(sorted(ANSWERS)), body=BODY)
+def test_random_bodies_never_cause_a_server_error(gateway, scoring_worker, path: str, body: dict) -> None:
+    response = httpx.post(f"{gateway.base_url}{path}", json=body, timeout=60)
+    assert response.status_code < 500, (response.status_code, response.text)
+    assert_scoring_valid(response.json(), ANSWERS[path] if response.status_code == 200 else "Error")

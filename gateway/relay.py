@@ -186,8 +186,9 @@ class Relay:
             )
 
     def _send(self, job: GenerateJob | EmbedJob | ScoreJob, priority: int | None = None) -> None:
+        task = TASK_EMBED if isinstance(job, EmbedJob) else TASK_SCORE if isinstance(job, ScoreJob) else TASK_GENERATE
         self.celery.send_task(
-            TASK_EMBED if isinstance(job, EmbedJob) else TASK_SCORE if isinstance(job, ScoreJob) else TASK_GENERATE,
+            task,
             args=[job.model_dump(mode="json")],
             argsrepr=task_summary(job, self.show_prompts),  # what Flower and worker logs show
             kwargsrepr="{}",

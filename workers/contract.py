@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from protocol import Capability, EmbedJob, ErrorCode, GenerateJob, ModelCard, ModelSpec, ScoreJob, TokenLogprob, Usage
-
-if TYPE_CHECKING:
-    from workers.score_engine import Scored
+from protocol import (
+    Capability,
+    EmbedJob,
+    ErrorCode,
+    GenerateJob,
+    ModelCard,
+    ModelSpec,
+    ScoreJob,
+    TokenLogprob,
+    Usage,
+)
 
 FinishReason = Literal["stop", "length"]
 
@@ -110,6 +117,14 @@ class EmbedEngine(Engine, Protocol):
     def run(self, job: EmbedJob) -> tuple[tuple[str, ...], int]:
         """(each input's vector as base64 little-endian float32, tokens read)."""
 
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """What a ScoreEngine answers a ScoreJob."""
+
+    rows: tuple[tuple[float, ...], ...]  # per input row: every output of the model, activated
+    labels: tuple[str, ...]  # the outputs' names
+    tokens: int  # tokens read
 
 
 class ScoreEngine(Engine, Protocol):

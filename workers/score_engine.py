@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from adapters import ClassifyAdapter
 from protocol import SCORES, ModelSpec, ScoreJob
-from workers.contract import EngineBase
+from workers.contract import EngineBase, Scored
 from workers.sizing import EMBED_SLOTS
 
 CHUNK = 32  # rows per forward pass
-
-
-@dataclass(frozen=True, slots=True)
-class Scored:
-    rows: tuple[tuple[float, ...], ...]  # per input row: every output of the model, activated
-    labels: tuple[str, ...]  # the outputs' names
-    tokens: int  # tokens read
 
 
 class ScoringEngine(EngineBase):
@@ -33,7 +25,8 @@ class ScoringEngine(EngineBase):
         self.adapter = adapter  # events are published by the task itself: nothing to flush or keep alive
         self.capabilities = adapter.capabilities
         self.slots = slots or EMBED_SLOTS
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model: one request at a time
+        self._tokenizing = threading.Lock()  # a fast tokenizer is not safe to share between threads
         self._active = 0
         self.tokens_read = 0
 
@@ -51,7 +44,8 @@ class ScoringEngine(EngineBase):
 
     def run(self, job: ScoreJob) -> Scored:
         """Every row's outputs; raises ContextLengthExceeded (naming the row) for one too long."""
-        encoded = self.adapter.encode(job.texts, job.param)
+        with self._tokenizing:
+            encoded = self.adapter.encode(job.texts, job.param)
         self._active += 1
         try:
             with self._lock:

@@ -123,6 +123,18 @@ def test_rerank_top_n_and_return_documents(gateway, scoring_worker) -> None:
     assert len(more["results"]) == 4
 
 
+def test_concurrent_requests_each_get_their_own_answer(gateway, scoring_worker) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [{"model": "tiny-cross-encoder", "query": TEXTS[i % 4], "documents": TEXTS[: 2 + i % 3]} for i in range(8)]
+    alone = [_post(gateway, "/v1/rerank", body)["results"] for body in bodies]
+    with ThreadPoolExecutor(8) as pool:  # more requests than the model's 2 slots: they take turns
+        together = list(pool.map(lambda body: _post(gateway, "/v1/rerank", body)["results"], bodies))
+    for one, other in zip(alone, together, strict=True):
+        assert [r["index"] for r in one] == [r["index"] for r in other]
+        assert [r["relevance_score"] for r in one] == pytest.approx([r["relevance_score"] for r in other], abs=1e-6)
+
+
 def test_models_say_which_classifier_scores(gateway, scoring_worker) -> None:
     by_id = {m["id"]: m for m in httpx.get(f"{gateway.base_url}/v1/models", timeout=10).json()["data"]}
     assert by_id["tiny-classifier"]["capabilities"] == ["classify"]

@@ -11,6 +11,7 @@ from typing import Any
 from adapters.base import (
     AdapterError,
     AdapterKind,
+    ClassifyAdapter,
     ContextLengthExceeded,
     DecodeBatch,
     EmbedAdapter,
@@ -22,7 +23,7 @@ from adapters.base import (
     UnsupportedParameter,
 )
 
-ADAPTER_NAMES = ("auto", "hf-causal", "chatglm", "embeddings", "echo")
+ADAPTER_NAMES = ("auto", "hf-causal", "chatglm", "embeddings", "classifier", "echo")
 
 
 def adapter_class(name: str, config: dict[str, Any] | None = None) -> type:
@@ -46,6 +47,10 @@ def adapter_class(name: str, config: dict[str, Any] | None = None) -> type:
         from adapters.embeddings import EmbeddingAdapter
 
         return EmbeddingAdapter
+    if name == "classifier":
+        from adapters.classifier import SequenceClassifierAdapter
+
+        return SequenceClassifierAdapter
     if name == "echo":
         from adapters.echo import EchoAdapter
 
@@ -65,6 +70,7 @@ __all__ = [
     "ADAPTER_NAMES",
     "AdapterError",
     "AdapterKind",
+    "ClassifyAdapter",
     "EmbedAdapter",
     "TextAdapter",
     "ContextLengthExceeded",

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
-from protocol import ChatMessage, GenerateJob, ModelSpec, SamplingParams
+from protocol import Capability, ChatMessage, GenerateJob, ModelSpec, SamplingParams
 
 if TYPE_CHECKING:
     import torch
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from adapters.guidance import Grammars
 
 # Which engine drives an adapter (workers.engines.ENGINES): logits that the worker samples in a
-# batch, text the model streams itself, or embeddings.
-AdapterKind = Literal["batch", "text", "embed"]
+# batch, text the model streams itself, embeddings, or a sequence classifier's class scores.
+AdapterKind = Literal["batch", "text", "embed", "classify"]
 
 
 class AdapterError(Exception):
@@ -281,3 +281,26 @@ class EmbedAdapter(AdapterBase):
     @abstractmethod
     def embed(self, rows: list[list[int]]) -> torch.Tensor:
         """One vector per row, shape [len(rows), dimensions]."""
+
+
+class ClassifyAdapter(AdapterBase):
+    """Kind "classify": a sequence classifier (a cross-encoder when it has one output); driven
+    by ScoringEngine."""
+
+    kind = "classify"
+    labels: tuple[str, ...]  # the classes' names, in the order of the model's outputs
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> tuple[Capability, ...]:
+        """"classify", and "score" for a model with a single output (a relevance score)."""
+
+    @abstractmethod
+    def encode(self, rows: Sequence[tuple[str, ...]], param: str) -> list[dict[str, list[int]]]:
+        """Each row (a text, or a pair read together) as the model's inputs (input_ids, and
+        token_type_ids where the model has them); raises ContextLengthExceeded, naming the row
+        as `param`[i], for one that is too long."""
+
+    @abstractmethod
+    def predict(self, encoded: list[dict[str, list[int]]]) -> torch.Tensor:
+        """The activated outputs (probabilities, or the scores), shape [rows, len(labels)], on the CPU."""

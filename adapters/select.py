@@ -1,5 +1,6 @@
 """Which adapter serves a model: the models file's `adapter:`, or `auto` read from the model's
-own files (config.json's model_type / architectures, sentence-transformers' modules.json),
+own files (config.json's model_type / architectures, sentence-transformers' modules.json;
+`*ForSequenceClassification` architectures: the sequence classifier adapter),
 never guessed from the path's name."""
 
 from __future__ import annotations
@@ -51,11 +52,13 @@ def choose_adapter(spec: ModelSpec, config: dict | None = None) -> str:
         return spec.adapter
     if spec.path is not None and spec.path.suffix == ".gguf":
         return "hf-causal"
-    if is_sentence_transformer(spec.path):
-        return "embeddings"
     config = read_config(spec.path) if config is None else config
     model_type = config.get("model_type", "")
     architectures = config.get("architectures") or []
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return "classifier"  # a BERT classifier, or a cross-encoder (one output: a relevance score)
+    if is_sentence_transformer(spec.path):
+        return "embeddings"
     if model_type == "chatglm" or model_type in NATIVE_GLM_TYPES:
         if spec.path not in _hinted and (hint := convert_hint(spec.path, config)):
             _hinted.add(spec.path)

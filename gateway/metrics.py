@@ -25,6 +25,7 @@ from protocol import (
     EmbeddingsEvent,
     ErrorEvent,
     Event,
+    ScoresEvent,
     StartEvent,
     TokenEvent,
     slots_key,
@@ -53,7 +54,7 @@ class Metrics:
         self.prompt_tokens = Counter("queuechat_prompt_tokens", "Prompt tokens of started requests", ["model"], registry=r)
         self.active = Gauge("queuechat_active_requests", "Requests queued or streaming through this gateway",
                             ["model"], registry=r)  # fmt: skip
-        self.outcomes = Counter("queuechat_request_outcomes", "How requests ended: stop, length, embeddings, an error "
+        self.outcomes = Counter("queuechat_request_outcomes", "How requests ended: stop, length, embeddings, scores, an error "
                                 "code, or client_left", ["model", "outcome"], registry=r)  # fmt: skip
         self.key_wait = Histogram("queuechat_key_queue_wait_seconds", "Queue wait of each API key's requests "
                                   "(keys named in the keys file)", ["key"], buckets=_LATENCY, registry=r)  # fmt: skip
@@ -218,6 +219,9 @@ class RequestTrace:
         elif isinstance(event, EmbeddingsEvent):
             self.prompt_tokens = event.prompt_tokens
             self.outcome = "embeddings"
+        elif isinstance(event, ScoresEvent):
+            self.prompt_tokens = event.prompt_tokens
+            self.outcome = "scores"
         elif isinstance(event, ErrorEvent):
             self.outcome = event.code
 

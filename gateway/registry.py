@@ -20,7 +20,8 @@ from protocol import (
     live_workers_key,
 )
 
-_NAMES = {"chat": "chat completions", "completions": "completions", "embeddings": "embeddings"}
+_NAMES = {"chat": "chat completions", "completions": "completions", "embeddings": "embeddings",
+          "classify": "classification", "score": "scoring or reranking"}
 
 
 class Registry:

@@ -38,10 +38,12 @@ from protocol import (
     FINAL_EVENTS,
     TASK_EMBED,
     TASK_GENERATE,
+    TASK_SCORE,
     EmbedJob,
     Event,
     GenerateJob,
     KeepAliveEvent,
+    ScoreJob,
     StartEvent,
     cancel_key_for,
     channel_for,
@@ -75,7 +77,7 @@ class Relay:
         self.queue_timeout = queue_timeout
         self.idle_timeout = idle_timeout
 
-    async def submit(self, job: GenerateJob | EmbedJob, client_gone: ClientGone | None = None,
+    async def submit(self, job: GenerateJob | EmbedJob | ScoreJob, client_gone: ClientGone | None = None,
                      on_leave: OnLeave | None = None) -> EventStream:  # fmt: skip
         """Queue `job`; the returned stream yields its events.  Close it (async with) when done.
         `client_gone` is asked while waiting: a client that left is not waited for.  A stream
@@ -116,7 +118,7 @@ class Relay:
             raise queue_unavailable(exc) from exc
         return stream
 
-    async def enqueue(self, job: GenerateJob | EmbedJob, *, batch: bool = False) -> None:
+    async def enqueue(self, job: GenerateJob | EmbedJob | ScoreJob, *, batch: bool = False) -> None:
         """Queue a kept job that nobody listens to now (a background response, a batch line): its
         events go to its log, which anyone reads later.  Batch lines go at the lowest priority and
         are not counted against `max_queue`: interactive requests start first and never get a
@@ -183,9 +185,10 @@ class Relay:
                 headers={"Retry-After": "1"},
             )
 
-    def _send(self, job: GenerateJob | EmbedJob, priority: int | None = None) -> None:
+    def _send(self, job: GenerateJob | EmbedJob | ScoreJob, priority: int | None = None) -> None:
+        task = TASK_EMBED if isinstance(job, EmbedJob) else TASK_SCORE if isinstance(job, ScoreJob) else TASK_GENERATE
         self.celery.send_task(
-            TASK_EMBED if isinstance(job, EmbedJob) else TASK_GENERATE,
+            task,
             args=[job.model_dump(mode="json")],
             argsrepr=task_summary(job, self.show_prompts),  # what Flower and worker logs show
             kwargsrepr="{}",
@@ -196,10 +199,12 @@ class Relay:
         )
 
 
-def task_summary(job: GenerateJob | EmbedJob, show_prompts: bool = False) -> str:
+def task_summary(job: GenerateJob | EmbedJob | ScoreJob, show_prompts: bool = False) -> str:
     """A task's arguments as monitoring shows them: sizes, not content, unless configured."""
     if isinstance(job, EmbedJob):
         parts, text = [f"inputs={len(job.inputs)}"], " | ".join(str(i) for i in job.inputs)
+    elif isinstance(job, ScoreJob):
+        parts, text = [f"{job.mode}={len(job.texts)}"], " | ".join(" / ".join(row) for row in job.texts)
     elif job.messages is not None:
         text = "\n".join(f"{m.role}: {m.content}" for m in job.messages)
         parts = [f"messages={len(job.messages)}", f"chars={sum(len(m.content) for m in job.messages)}"]

@@ -1,13 +1,13 @@
 """The vocabulary that gateway, workers and adapters share: the bottom layer.
 
-Jobs and sampling parameters (`protocol.jobs`), the events that answer them (`protocol.events`),
+Jobs and sampling parameters (`protocol.jobs`; classifiers' jobs in `protocol.scoring`), the events that answer them (`protocol.events`),
 the Redis names both sides spell the same (`protocol.names`), model cards announced by workers
 (`protocol.cards`), the models file (`protocol.models_file`) and the settings every process
 agrees on (`protocol.settings`).  Depends on pydantic (and PyYAML for the models file) only:
 importing it builds no Celery app, opens no connection and loads no model code.
 """
 
-from protocol.cards import EMBEDS, GENERATES, Capability, ModelCard, ModelFailure
+from protocol.cards import CLASSIFIES, EMBEDS, GENERATES, SCORES, Capability, ModelCard, ModelFailure
 from protocol.events import (
     FINAL_EVENTS,
     DoneEvent,
@@ -16,6 +16,7 @@ from protocol.events import (
     ErrorEvent,
     Event,
     KeepAliveEvent,
+    ScoresEvent,
     StartEvent,
     TokenEvent,
     TokenLogprob,
@@ -49,6 +50,7 @@ from protocol.names import (
     PERMANENT_KEY_PREFIXES,
     TASK_EMBED,
     TASK_GENERATE,
+    TASK_SCORE,
     UNFINISHED_KEY,
     attached_key,
     batch_record_key,
@@ -66,9 +68,11 @@ from protocol.names import (
     stats_key,
     stored_index_key,
 )
+from protocol.scoring import ScoreJob, ScoreMode
 from protocol.settings import DEFAULT_MODELS_FILE, QueueSettings
 
 __all__ = [
+    "CLASSIFIES",
     "Capability",
     "ChatMessage",
     "Constraint",
@@ -100,11 +104,16 @@ __all__ = [
     "PERMANENT_KEY_PREFIXES",
     "QueueSettings",
     "SAMPLING_EPS",
+    "SCORES",
+    "ScoreJob",
+    "ScoreMode",
+    "ScoresEvent",
     "SamplingDefaults",
     "SamplingParams",
     "StartEvent",
     "TASK_EMBED",
     "TASK_GENERATE",
+    "TASK_SCORE",
     "UNFINISHED_KEY",
     "attached_key",
     "batch_record_key",

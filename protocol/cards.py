@@ -12,9 +12,13 @@ from pydantic import Field
 
 from protocol.base import WireModel
 
-Capability = Literal["chat", "completions", "embeddings"]
+Capability = Literal["chat", "completions", "embeddings", "classify", "score"]
 GENERATES: tuple[Capability, ...] = ("chat", "completions")
 EMBEDS: tuple[Capability, ...] = ("embeddings",)
+# Sequence classifiers: every one classifies (/v1/classify); one with a single output (a
+# cross-encoder) also scores text pairs (/v1/score, /v1/rerank).
+CLASSIFIES: tuple[Capability, ...] = ("classify",)
+SCORES: tuple[Capability, ...] = ("classify", "score")
 
 
 class ModelCard(WireModel):

@@ -1,7 +1,8 @@
 """What a worker answers: numbered events on the request's pub/sub channel (`channel_for(id)`).
 
 One `StartEvent`, any number of `TokenEvent`s (and `KeepAliveEvent`s while there is nothing to
-send), then exactly one `DoneEvent` or `ErrorEvent` (or `EmbeddingsEvent` for an `EmbedJob`).
+send), then exactly one `DoneEvent` or `ErrorEvent` (or `EmbeddingsEvent` for an `EmbedJob`,
+`ScoresEvent` for a `ScoreJob`).
 `seq` starts at 0 and grows by one per event, so the receiver can detect a lost event.
 """
 
@@ -81,6 +82,17 @@ class EmbeddingsEvent(WireModel):
     prompt_tokens: int
 
 
+class ScoresEvent(WireModel):
+    """The answer to a ScoreJob, a value row per input row, in input order: the class
+    probabilities ("classify"; the classes' names in `labels`) or the pair's one score ("score")."""
+
+    type: Literal["scores"] = "scores"
+    seq: int
+    rows: tuple[tuple[float, ...], ...]
+    labels: tuple[str, ...] = ()
+    prompt_tokens: int
+
+
 ErrorCode = Literal[
     "model_not_found",
     "context_length_exceeded",
@@ -100,9 +112,9 @@ class ErrorEvent(WireModel):
     param: str | None = None
 
 
-Event = Annotated[Union[StartEvent, TokenEvent, KeepAliveEvent, DoneEvent, ErrorEvent, EmbeddingsEvent],
+Event = Annotated[Union[StartEvent, TokenEvent, KeepAliveEvent, DoneEvent, ErrorEvent, EmbeddingsEvent, ScoresEvent],
                   Field(discriminator="type")]  # fmt: skip
-FINAL_EVENTS = (DoneEvent, ErrorEvent, EmbeddingsEvent)
+FINAL_EVENTS = (DoneEvent, ErrorEvent, EmbeddingsEvent, ScoresEvent)
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 

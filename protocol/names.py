@@ -8,6 +8,7 @@ from __future__ import annotations
 
 TASK_GENERATE = "queuechat.generate"
 TASK_EMBED = "queuechat.embed"
+TASK_SCORE = "queuechat.score"  # classify, score and rerank: a ScoreJob
 KEY_PREFIX = "queuechat:"
 
 

@@ -4,6 +4,7 @@
   with `chat()` / `stream_chat()` and pairs history),
 - a native GLM-4 (transformers' Glm4ForCausalLM, random, with a GLM-4 style chat template),
 - a sentence-transformers encoder (random BertModel + modules.json, mean pooling, Normalize);
+- sequence classifiers (random BertForSequenceClassification): three labels, or one (a cross-encoder);
 
 The stand-ins for THUDM's own ChatGLM-6B / ChatGLM2-6B / ChatGLM3-6B remote code (issue 13) are in
 tests/tiny_thudm_chatglm.py (`make_thudm_chatglm`).
@@ -145,17 +146,25 @@ def make_tiny_glm4(folder: Path, seed: int = 0, template: bool = True) -> Path:
 _WORDS = ["the", "cat", "dog", "sat", "on", "mat", "queue", "worker", "paris", "france", "capital", "is", "of"]
 
 
-def make_tiny_encoder(folder: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+def _write_bert_tokenizer(folder: Path) -> int:
+    """A WordPiece tokenizer of a few words and letters (no word is [UNK]); returns its vocabulary size."""
+    from transformers import BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS, *letters, *(f"##{c}" for c in letters), ".", ","]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
+    return len(vocab)
+
+
+def make_tiny_encoder(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    vocab_size = _write_bert_tokenizer(folder)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+    config = BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=64)  # fmt: skip
     BertModel(config).save_pretrained(folder)
     modules = [
@@ -169,3 +178,24 @@ def make_tiny_encoder(folder: Path, seed: int = 0) -> Path:
                                                                  "pooling_mode_mean_tokens": True}))  # fmt: skip
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32}))
     return folder
+
+
+def make_tiny_classifier(folder: Path, labels: tuple[str, ...] = ("negative", "neutral", "positive"),
+                         seed: int = 0) -> Path:  # fmt: skip
+    """A random BertForSequenceClassification (no sentence-transformers files): with one label it
+    is a cross-encoder, as sentence-transformers' CrossEncoder models are (scores pairs)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    vocab_size = _write_bert_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, num_labels=len(labels),
+                        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+                        initializer_range=0.3)  # wide weights: scores far apart, orderings unambiguous  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def make_tiny_cross_encoder(folder: Path, seed: int = 1) -> Path:
+    return make_tiny_classifier(folder, labels=("LABEL_0",), seed=seed)

@@ -4,7 +4,8 @@ One engine per served model, chosen by its adapter's kind (`workers.engines.ENGI
 
 - `BatchEngine` (adapters of kind "batch": logits out) decodes many requests together;
 - `SerialEngine` (kind "text": the model streams text itself, remote-code ChatGLM) runs one at a time;
-- `EmbeddingEngine` (kind "embed") embeds each request's inputs.
+- `EmbeddingEngine` (kind "embed") embeds each request's inputs;
+- `ScoringEngine` (kind "classify") classifies texts or scores text pairs.
 
 Tasks pick what to do from the engine's `capabilities` (the same list its heartbeat announces),
 never from its class.
@@ -16,7 +17,17 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from protocol import Capability, EmbedJob, ErrorCode, GenerateJob, ModelCard, ModelSpec, TokenLogprob, Usage
+from protocol import (
+    Capability,
+    EmbedJob,
+    ErrorCode,
+    GenerateJob,
+    ModelCard,
+    ModelSpec,
+    ScoreJob,
+    TokenLogprob,
+    Usage,
+)
 
 FinishReason = Literal["stop", "length"]
 
@@ -106,3 +117,18 @@ class EmbedEngine(Engine, Protocol):
     def run(self, job: EmbedJob) -> tuple[tuple[str, ...], int]:
         """(each input's vector as base64 little-endian float32, tokens read)."""
 
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """What a ScoreEngine answers a ScoreJob."""
+
+    rows: tuple[tuple[float, ...], ...]  # per input row: every output of the model, activated
+    labels: tuple[str, ...]  # the outputs' names
+    tokens: int  # tokens read
+
+
+class ScoreEngine(Engine, Protocol):
+    """Engines with the "classify" (and for cross-encoders "score") capabilities."""
+
+    def run(self, job: ScoreJob) -> Scored:
+        """Each row's activated outputs, the outputs' names, and the tokens read."""

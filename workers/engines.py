@@ -12,16 +12,18 @@ from workers.batch_engine import BatchEngine
 from workers.contract import Engine
 from workers.embed_engine import EmbeddingEngine
 from workers.publisher import Outbox
+from workers.score_engine import ScoringEngine
 from workers.serial_engine import SerialEngine
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 # Built alike: Engine(adapter, slots=, on_step_end=, keepalive=); sized with pool_slots(spec).
-ENGINES: dict[AdapterKind, type[BatchEngine] | type[SerialEngine] | type[EmbeddingEngine]] = {
+ENGINES: dict[AdapterKind, type[BatchEngine] | type[SerialEngine] | type[EmbeddingEngine] | type[ScoringEngine]] = {
     "batch": BatchEngine,
     "text": SerialEngine,
     "embed": EmbeddingEngine,
+    "classify": ScoringEngine,
 }
 
 

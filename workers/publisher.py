@@ -24,6 +24,7 @@ from protocol import (
     ErrorEvent,
     Event,
     KeepAliveEvent,
+    ScoresEvent,
     StartEvent,
     TokenEvent,
     TokenLogprob,
@@ -128,6 +129,10 @@ class EventPublisher:
 
     def embeddings(self, vectors: tuple[str, ...], prompt_tokens: int) -> None:
         self._publish(EmbeddingsEvent, vectors=vectors, prompt_tokens=prompt_tokens)
+        self.finished = True
+
+    def scores(self, rows: tuple[tuple[float, ...], ...], labels: tuple[str, ...], prompt_tokens: int) -> None:
+        self._publish(ScoresEvent, rows=rows, labels=labels, prompt_tokens=prompt_tokens)
         self.finished = True
 
     def keepalive(self) -> None:

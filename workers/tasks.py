@@ -13,9 +13,9 @@ from pydantic import ValidationError
 
 import workers.lifecycle  # noqa: F401  (connects the start-up and heartbeat signal handlers)
 from adapters import AdapterError, ContextLengthExceeded
-from protocol import TASK_EMBED, TASK_GENERATE, Capability, EmbedJob, GenerateJob, cancel_key_for
+from protocol import TASK_EMBED, TASK_GENERATE, TASK_SCORE, Capability, EmbedJob, GenerateJob, ScoreJob, cancel_key_for
 from workers.cancels import CANCEL_POLL_SECONDS
-from workers.contract import EmbedEngine, Engine, GenerationEngine
+from workers.contract import EmbedEngine, Engine, GenerationEngine, ScoreEngine
 from workers.heartbeat import WorkerState
 from workers.publisher import EventPublisher
 
@@ -45,6 +45,27 @@ def run_embed_job(state: WorkerState, payload: dict[str, Any]) -> None:
         publisher.start(worker=state.worker_id, prompt_tokens=0)
         vectors, tokens = cast(EmbedEngine, engine).run(job)
         publisher.embeddings(vectors, tokens)
+
+
+@shared_task(name=TASK_SCORE, bind=True)
+def score(self: Any, payload: dict[str, Any]) -> None:
+    run_score_job(self.app.state, payload)
+
+
+def run_score_job(state: WorkerState, payload: dict[str, Any]) -> None:
+    """Classify texts or score text pairs (a ScoreJob); a row too long is a 400 naming it."""
+    param = payload.get("param") if isinstance(payload, dict) else None
+    with _error_boundary(state, payload, param if isinstance(param, str) else "input") as publisher:
+        job = ScoreJob.model_validate(payload)
+        if job.expired or state.redis.exists(cancel_key_for(job.request_id)):
+            publisher.error("expired", "the request expired before a worker was free")
+            return
+        engine = _engine_that_can(state, job.model, job.capability, publisher)
+        if engine is None:
+            return
+        publisher.start(worker=state.worker_id, prompt_tokens=0)
+        scored = cast(ScoreEngine, engine).run(job)
+        publisher.scores(scored.rows, scored.labels, scored.tokens)
 
 
 def run_job(state: WorkerState, payload: dict[str, Any]) -> None:

@@ -39,13 +39,22 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny local models of the other families (remote-code ChatGLM, native GLM-4, an encoder)."""
-    from tests.tiny_families import make_tiny_chatglm, make_tiny_encoder, make_tiny_glm4
+    """Tiny local models of the other families (remote-code ChatGLM, native GLM-4, an encoder, a
+    three-class BERT classifier and a cross-encoder)."""
+    from tests.tiny_families import (
+        make_tiny_chatglm,
+        make_tiny_classifier,
+        make_tiny_cross_encoder,
+        make_tiny_encoder,
+        make_tiny_glm4,
+    )
 
     return {
         "chatglm": make_tiny_chatglm(tmp_path_factory.mktemp("chatglm")),
         "glm4": make_tiny_glm4(tmp_path_factory.mktemp("glm4")),
         "encoder": make_tiny_encoder(tmp_path_factory.mktemp("encoder")),
+        "classifier": make_tiny_classifier(tmp_path_factory.mktemp("classifier")),
+        "cross_encoder": make_tiny_cross_encoder(tmp_path_factory.mktemp("cross-encoder")),
     }
 
 
@@ -69,6 +78,8 @@ def models_file(workdir: Path, tiny_model_dir: Path, tiny_model_dir_b: Path, fam
             "tiny-chatglm": {"path": family_dirs["chatglm"], "trust_remote_code": True},
             "tiny-glm4": {"path": family_dirs["glm4"], "slots": 4},
             "tiny-embed": {"path": family_dirs["encoder"], "slots": 2},
+            "tiny-classifier": {"path": family_dirs["classifier"], "slots": 2},  # BertForSequenceClassification
+            "tiny-cross-encoder": {"path": family_dirs["cross_encoder"], "slots": 2},  # the same, one label
             "all-minilm-l6-v2": {**_repo_entry("all-minilm-l6-v2"), "path": EMBEDDING_MODEL_DIR},
         },
     )

@@ -23,7 +23,7 @@ from protocol import (
     channel_for,
     decode_event,
 )
-from workers.contract import EmbedEngine, Engine, GenerationEngine
+from workers.contract import EmbedEngine, Engine, GenerationEngine, ScoreEngine
 from workers.engines import ENGINES, pool_slots
 from workers.settings import WorkerSettings
 from workers.tasks import run_embed_job, run_job
@@ -48,11 +48,11 @@ def test_every_adapter_kind_has_an_engine(name: str) -> None:
 @pytest.mark.parametrize("kind", list(ENGINES))
 def test_every_engine_offers_the_declared_contract(kind: str) -> None:
     engine = ENGINES[kind]
-    role = EmbedEngine if engine.capabilities == EMBEDS else GenerationEngine
+    role = {"embed": EmbedEngine, "classify": ScoreEngine}.get(kind, GenerationEngine)
     missing = {name for name in members(role) if not hasattr(engine, name)} - {"slots"}  # set per instance
     assert missing == set()
     assert set(members(Engine)) >= {"capabilities", "card", "stats", "close", "free_slots"}
-    assert set(engine.capabilities) <= {"chat", "completions", "embeddings"}
+    assert set(engine.capabilities) <= {"chat", "completions", "embeddings", "classify", "score"}
 
 
 def test_pool_slots_follow_the_engine_of_the_adapter_kind() -> None:

@@ -21,7 +21,8 @@ from redis.asyncio import Redis
 from gateway.errors import APIError, InvalidRequest
 from gateway.keep import reply_fields
 from gateway.listing import ids_after
-from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest, CreateEmbeddingRequest
+from gateway.completion_request import CreateCompletionRequest
+from gateway.openai_types import CreateChatCompletionRequest, CreateEmbeddingRequest
 from gateway.settings import GatewaySettings
 from protocol import (
     ACTIVE_BATCHES_KEY,

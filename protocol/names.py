@@ -8,6 +8,7 @@ from __future__ import annotations
 
 TASK_GENERATE = "queuechat.generate"
 TASK_EMBED = "queuechat.embed"
+TASK_TOKENIZE = "queuechat.tokenize"
 KEY_PREFIX = "queuechat:"
 
 

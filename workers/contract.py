@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from protocol import Capability, EmbedJob, ErrorCode, GenerateJob, ModelCard, ModelSpec, TokenLogprob, Usage
+from protocol import Capability, EmbedJob, ErrorCode, GenerateJob, ModelCard, ModelSpec, PromptToken, TokenLogprob, Usage
 
 FinishReason = Literal["stop", "length"]
 
@@ -24,9 +24,12 @@ FinishReason = Literal["stop", "length"]
 class Sink(Protocol):
     """Where one request's results go (an EventPublisher in the worker)."""
 
+    def prompt(self, text: str | None, tokens: tuple[PromptToken, ...] | None) -> None:
+        """The prompt's echo and its tokens' logprobs (each when asked for), before any token."""
+
     def token(self, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> None: ...
 
-    def done(self, finish_reason: FinishReason, usage: Usage) -> None: ...
+    def done(self, finish_reason: FinishReason, usage: Usage, cumulative_logprob: float | None = None) -> None: ...
 
     def error(self, code: ErrorCode, message: str, param: str | None = None) -> None: ...
 

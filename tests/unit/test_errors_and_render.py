@@ -19,7 +19,8 @@ from gateway.errors import (
     from_event,
     install_error_handlers,
 )
-from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest
+from gateway.completion_request import CreateCompletionRequest
+from gateway.openai_types import CreateChatCompletionRequest
 from gateway.render import ChoiceState, Envelope, TextChunks
 from gateway.reply import Format
 from protocol import ErrorEvent, TokenLogprob, TopLogprob, Usage

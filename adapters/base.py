@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
@@ -62,10 +63,32 @@ class ModelLoadError(Exception):
     """The model named in the models file could not be loaded."""
 
 
+@dataclass
+class PromptScores:
+    """How likely a prompt's tokens were, position by position (from the second token on): each
+    one's logprob given the tokens before it, its rank in the vocabulary (1: the likeliest), and
+    the likeliest tokens there (ids and logprobs, likeliest first)."""
+
+    logprobs: list[float] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
+    top_ids: list[list[int]] = field(default_factory=list)
+    top_logprobs: list[list[float]] = field(default_factory=list)
+
+    def extend(self, other: PromptScores) -> None:
+        self.logprobs += other.logprobs
+        self.ranks += other.ranks
+        self.top_ids += other.top_ids
+        self.top_logprobs += other.top_logprobs
+
+
 class Prefill(ABC):
     """Rows on their way into a batch: their prompts are computed `feed` by `feed`, and the call
     that computes the last of them joins them to the batch (after its rows, in order) and
-    returns their next-token logits, shape [rows, vocab]."""
+    returns their next-token logits, shape [rows, vocab].  Rows started with a number in
+    `scored` (alternatives wanted) also get their prompt's `PromptScores` in `prompt_scores` by
+    then (computed whole: such a row takes nothing from a prefix cache)."""
+
+    prompt_scores: list[PromptScores | None] = []
 
     @property
     @abstractmethod
@@ -82,6 +105,7 @@ class _WholePrefill(Prefill):
 
     def __init__(self, batch: DecodeBatch, prompts: list[list[int]]) -> None:
         self._batch, self._prompts = batch, prompts
+        self.prompt_scores = [None] * len(prompts)
 
     @property
     def remaining(self) -> int:
@@ -99,6 +123,8 @@ class DecodeBatch(ABC):
 
     #: most rows this batch can hold at once (1 for models whose cache cannot be merged)
     max_rows: int = 1 << 30
+    #: whether `start` can score prompts (prompt logprobs)
+    scores_prompts: bool = False
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -108,11 +134,12 @@ class DecodeBatch(ABC):
         """Token positions each row's KV cache spans now (rows are padded to a common width)."""
         return 0
 
-    def width_with(self, prompts: list[list[int]]) -> int:
-        """The width `prompts` would take if they joined together now (their KV cache only)."""
+    def width_with(self, prompts: list[list[int]], whole: Sequence[bool] = ()) -> int:
+        """The width `prompts` would take if they joined together now (their KV cache only);
+        `whole[i]`: prompt i is computed whole (scored), whatever a cache holds."""
         return max((len(p) for p in prompts), default=0)
 
-    def prefill_columns(self, prompts: list[list[int]]) -> int:
+    def prefill_columns(self, prompts: list[list[int]], whole: Sequence[bool] = ()) -> int:
         """Columns a prefill of `prompts` together computes (what no cache holds, padded)."""
         return max((len(p) for p in prompts), default=0)
 
@@ -120,9 +147,12 @@ class DecodeBatch(ABC):
     def add(self, prompts: list[list[int]]) -> torch.Tensor:
         """Prefill new rows; returns their next-token logits, shape [len(prompts), vocab]."""
 
-    def start(self, prompts: list[list[int]]) -> Prefill:
+    def start(self, prompts: list[list[int]], scored: Sequence[int | None] = ()) -> Prefill:
         """Begin prefilling new rows, to be computed in chunks (batches that cannot chunk do it
-        all at the first feed)."""
+        all at the first feed).  `scored[i]`: alternatives wanted per position of prompt i's
+        scores (None: not scored); only for batches that `scores_prompts`."""
+        if any(k is not None for k in scored):
+            raise NotImplementedError("this batch does not score prompts")
         return _WholePrefill(self, prompts)
 
     @abstractmethod
@@ -230,6 +260,18 @@ class ModelAdapter(AdapterBase):
     @abstractmethod
     def token_texts(self, ids: list[int]) -> list[str]:
         """Each token on its own, as text (for logprobs)."""
+
+    def token_strs(self, ids: list[int]) -> list[str]:
+        """Each token as the vocabulary spells it (/tokenize's token_strs)."""
+        return self.token_texts(ids)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text` (/tokenize); with the tokenizer's special tokens (BOS...) when asked."""
+        raise UnsupportedParameter("prompt", self.spec.name, "cannot be tokenized by model")
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids, special tokens included (/detokenize, the echo of a token prompt)."""
+        return "".join(self.token_texts(ids))
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:

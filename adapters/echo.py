@@ -76,7 +76,7 @@ class EchoAdapter(ModelAdapter):
         return frozenset({EOS})
 
     def chat_prompt(self, messages: Sequence[ChatMessage], tools: Sequence[dict] | None = None,
-                    tool_choice: str | None = None) -> list[int]:  # fmt: skip
+                    tool_choice: str | None = None, add_generation_prompt: bool = True) -> list[int]:  # fmt: skip
         """The contents joined by newlines (tools are not described: the echo is the reply)."""
         return self.text_prompt("\n".join(m.content for m in messages))
 
@@ -85,6 +85,12 @@ class EchoAdapter(ModelAdapter):
 
     def count_tokens(self, text: str) -> int:
         return len(text.encode())
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.text_prompt(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", "replace")
 
     @property
     def vocab_size(self) -> int:

@@ -9,16 +9,17 @@ row's tokens do not depend on its neighbours (up to floating-point rounding).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from adapters.base import DecodeBatch, Prefill
+from adapters.base import DecodeBatch, Prefill, PromptScores
 from adapters.memory import give_back_free_memory
 from adapters.prefix_cache import KV, PrefixCache
+from adapters.sampling import score_positions
 
 _LONG_PREFILL = 1024  # new tokens (rows x columns) after whose prefill freed memory is returned
 
@@ -33,6 +34,8 @@ def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 
 class HfDecodeBatch(DecodeBatch):
+    scores_prompts = True
+
     def __init__(self, model: torch.nn.Module, device: torch.device, forward_kwargs: dict[str, str | int],
                  new_cache: Callable[[], Any], prefixes: PrefixCache | None) -> None:  # fmt: skip
         self._model = model
@@ -58,17 +61,18 @@ class HfDecodeBatch(DecodeBatch):
     def columns(self) -> int:
         return 0 if self._mask is None else self._mask.shape[1]
 
-    def _cached_lengths(self, prompts: list[list[int]]) -> list[int]:
-        return [self._prefixes.cached_length(p) if self._prefixes else 0 for p in prompts]
+    def _cached_lengths(self, prompts: list[list[int]], whole: Sequence[bool] = ()) -> list[int]:
+        whole = list(whole) or [False] * len(prompts)
+        return [self._prefixes.cached_length(p) if self._prefixes and not w else 0 for p, w in zip(prompts, whole)]
 
-    def width_with(self, prompts: list[list[int]]) -> int:
+    def width_with(self, prompts: list[list[int]], whole: Sequence[bool] = ()) -> int:
         """Prefilled together, rows take [their cached prefix | the rest], each part padded to
         the longest among them."""
-        cached = self._cached_lengths(prompts)
+        cached = self._cached_lengths(prompts, whole)
         return max(cached) + max(len(p) - c for p, c in zip(prompts, cached))
 
-    def prefill_columns(self, prompts: list[list[int]]) -> int:
-        return max(len(p) - c for p, c in zip(prompts, self._cached_lengths(prompts)))
+    def prefill_columns(self, prompts: list[list[int]], whole: Sequence[bool] = ()) -> int:
+        return max(len(p) - c for p, c in zip(prompts, self._cached_lengths(prompts, whole)))
 
     def add(self, prompts: list[list[int]]) -> torch.Tensor:
         """Prefill the newcomers in one forward pass and join them to the batch."""
@@ -77,8 +81,8 @@ class HfDecodeBatch(DecodeBatch):
         assert logits is not None
         return logits
 
-    def start(self, prompts: list[list[int]]) -> _HfPrefill:
-        return _HfPrefill(self, prompts)
+    def start(self, prompts: list[list[int]], scored: Sequence[int | None] = ()) -> _HfPrefill:
+        return _HfPrefill(self, prompts, scored)
 
     @staticmethod
     def _row_kv(cache: Any, row: int, cached: int, prefix_offset: int, fresh_offset: int, start: int, end: int) -> KV:
@@ -152,12 +156,16 @@ class _HfPrefill(Prefill):
     """Newcomers prefilled together, each after its longest cached prefix, in their own KV cache
     until the last chunk is computed; then they join the batch.  Row r's columns: [padding | its
     cached prefix][padding | its new tokens].  A chunk attends to the prefix and the chunks before
-    it through that cache, so the result is the same as one pass, up to floating-point rounding."""
+    it through that cache, so the result is the same as one pass, up to floating-point rounding.
+    A scored row (prompt logprobs) is computed whole, and each chunk that holds some of its
+    positions keeps every position's logits to score them."""
 
-    def __init__(self, batch: HfDecodeBatch, prompts: list[list[int]]) -> None:
+    def __init__(self, batch: HfDecodeBatch, prompts: list[list[int]], scored: Sequence[int | None] = ()) -> None:
         self._batch, self._prompts = batch, prompts
+        self._scored = list(scored) or [None] * len(prompts)
+        self.prompt_scores = [PromptScores() if k is not None else None for k in self._scored]
         prefixes = batch._prefixes
-        found = [prefixes.longest(p) if prefixes else (0, None) for p in prompts]
+        found = [prefixes.longest(p) if prefixes and k is None else (0, None) for p, k in zip(prompts, self._scored)]
         self._cached = [length for length, _ in found]
         self._fresh = [len(p) - c for p, c in zip(prompts, self._cached)]
         width_p, width_s = max(self._cached), max(self._fresh)
@@ -186,11 +194,15 @@ class _HfPrefill(Prefill):
     def feed(self, columns: int) -> torch.Tensor | None:
         batch, start = self._batch, self._done
         end = min(self._ids.shape[1], start + max(1, columns))
+        scoring = any(k is not None for k in self._scored)
+        extra = {k: (0 if scoring else v) for k, v in batch._extra.items()}  # logits_to_keep=0: every position's
         out = batch._model(
             input_ids=self._ids[:, start:end], attention_mask=self._mask[:, : self._width_p + end],
             position_ids=self._positions[:, start:end], use_cache=True,
-            **{batch._cache_kwarg: self._cache}, **batch._extra,
+            **{batch._cache_kwarg: self._cache}, **extra,
         )  # fmt: skip
+        if scoring:
+            self._score(out.logits, start, end)
         self._done = end
         if self.remaining:
             return None
@@ -205,3 +217,18 @@ class _HfPrefill(Prefill):
             give_back_free_memory(batch._device)
             batch._give_back_when_empty = True
         return out.logits[:, -1, :]
+
+    def _score(self, logits: torch.Tensor, start: int, end: int) -> None:
+        """Add the scores of columns start..end-1 to the scored rows' (column j's logits predict
+        the token in column j + 1; a row's last column predicts what it generates)."""
+        width = self._ids.shape[1]
+        for r, top in enumerate(self._scored):
+            scores = self.prompt_scores[r]
+            if top is None or scores is None:
+                continue
+            first = max(start, width - self._fresh[r])  # the row's first real column in this chunk
+            last = min(end, width - 1)  # exclusive: the last column predicts no prompt token
+            if first >= last:
+                continue
+            targets = self._ids[r, first + 1 : last + 1]
+            scores.extend(score_positions(logits[r, first - start : last - start], targets, top))

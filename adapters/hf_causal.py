@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from adapters.base import ModelAdapter, ModelLoadError
+from adapters.base import ModelAdapter, ModelLoadError, UnsupportedParameter
 from adapters.detokenize import IncrementalDetokenizer
 from adapters.gguf_cache import convert_gguf
 from adapters.guidance import Grammars, hf_grammars
@@ -207,7 +207,9 @@ class HfCausalAdapter(ModelAdapter):
         return self.template is None and "tools" in str(self.tokenizer.chat_template or "")
 
     def chat_prompt(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None,
-                    tool_choice: str | None = None) -> list[int]:  # fmt: skip
+                    tool_choice: str | None = None, add_generation_prompt: bool = True) -> list[int]:  # fmt: skip
+        """`add_generation_prompt` False (/tokenize's): the chat as it stands, for the tokenizer's
+        own template (a named template always ends with the assistant's turn)."""
         native = self.native_tools
         extra: dict[str, Any] = {}
         if tools and native:
@@ -219,10 +221,12 @@ class HfCausalAdapter(ModelAdapter):
         if not native:
             messages = as_text_turns(messages)
         if self.template is not None:
+            if not add_generation_prompt:
+                raise UnsupportedParameter("add_generation_prompt", self.spec.name, "can only be true for model")
             text = self.template.render(messages)
         else:
-            text = self.tokenizer.apply_chat_template(template_dicts(messages), add_generation_prompt=True,
-                                                      tokenize=False, **extra)  # fmt: skip
+            text = self.tokenizer.apply_chat_template(template_dicts(messages), tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt, **extra)  # fmt: skip
         # The template already wrote any BOS it wants; do not let the tokenizer add another.
         return self.tokenizer.encode(text, add_special_tokens=False)
 
@@ -247,6 +251,15 @@ class HfCausalAdapter(ModelAdapter):
 
     def token_texts(self, ids: list[int]) -> list[str]:
         return [self.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+
+    def token_strs(self, ids: list[int]) -> list[str]:
+        return [str(piece) for piece in self.tokenizer.convert_ids_to_tokens(ids)]
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
 
     @property
     def eos_ids(self) -> frozenset[int]:

@@ -1,4 +1,5 @@
-"""Pick the next token from logits according to `SamplingParams`; penalties and logprobs."""
+"""Pick the next token from logits according to `SamplingParams`; penalties and logprobs (of
+generated tokens, and of a prompt's positions)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections import Counter
 
 import torch
 
+from adapters.base import PromptScores
 from protocol import SamplingParams
 
 SEED_RANGE = 1 << 64
@@ -75,3 +77,18 @@ def logprobs_of(logits: torch.Tensor, token: int, top: int) -> tuple[float, list
         values, ids = torch.topk(logp, min(top, logp.shape[-1]))
         alternatives = list(zip(ids.tolist(), values.tolist()))
     return float(logp[token]), alternatives
+
+
+def score_positions(logits: torch.Tensor, targets: torch.Tensor, top: int) -> PromptScores:
+    """How likely each of `targets` [T] was under `logits` [T, vocab] (position t's logits
+    predict targets[t]): its logprob, its rank, and the `top` likeliest tokens there."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(1, targets.unsqueeze(1))  # [T, 1]
+    ranks = (logp > chosen).sum(dim=-1) + 1
+    scores = PromptScores(logprobs=chosen.squeeze(1).tolist(), ranks=ranks.tolist())
+    if top:
+        values, ids = torch.topk(logp, min(top, logp.shape[-1]), dim=-1)
+        scores.top_ids, scores.top_logprobs = ids.tolist(), values.tolist()
+    else:
+        scores.top_ids, scores.top_logprobs = [[] for _ in scores.logprobs], [[] for _ in scores.logprobs]
+    return scores

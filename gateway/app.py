@@ -31,6 +31,7 @@ from gateway.routes import (
     responses,
     scoring,
     stored_chat,
+    tokenize,
 )
 from gateway.routes import metrics as metrics_route
 from gateway.security import GuardMiddleware
@@ -112,7 +113,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     uploads = {"/v1/files": (settings.max_upload_bytes + 65536, settings.upload_timeout)}  # + the multipart framing
     app.add_middleware(GuardMiddleware, keys=tenants, max_body_bytes=settings.max_body_bytes,
                        body_timeout=settings.body_timeout, uploads=uploads)  # fmt: skip
-    for module in (chat, stored_chat, completions, responses, files, batches, embeddings, scoring, models,
+    for module in (chat, stored_chat, completions, responses, files, batches, embeddings, scoring, tokenize, models,
                    health, metrics_route, page):  # fmt: skip
         app.include_router(module.router)
     return app

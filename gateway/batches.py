@@ -18,10 +18,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
+from gateway.completion_request import CreateCompletionRequest
 from gateway.errors import APIError, InvalidRequest
 from gateway.keep import reply_fields
 from gateway.listing import ids_after
-from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest, CreateEmbeddingRequest
+from gateway.openai_types import CreateChatCompletionRequest, CreateEmbeddingRequest
 from gateway.settings import GatewaySettings
 from protocol import (
     ACTIVE_BATCHES_KEY,

@@ -77,7 +77,8 @@ def reply_of(fields: dict[str, Any], stream: bool) -> Reply:
     """The Reply that `reply_fields` wrote down (a job record's or a batch line's)."""
     return Reply(fmt=Format(fields["fmt"]), stream=stream, include_usage=fields["include_usage"],
                  logprobs=fields["logprobs"], prefixes=tuple(fields["prefixes"]), n=fields["n"],
-                 tool_names=frozenset(fields["tool_names"]))  # fmt: skip
+                 tool_names=frozenset(fields["tool_names"]), best_of=fields.get("best_of"),
+                 echo_top=fields.get("echo_top"), prompt_logprobs=fields.get("prompt_logprobs"))  # fmt: skip
 
 
 @dataclass(frozen=True, order=True)

@@ -51,9 +51,20 @@ class ChatChoiceLogprobs(OpenAIBody):
 
 class CompletionLogprobs(OpenAIBody):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None]  # null for an echoed prompt's first token, as OpenAI sent it
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
+
+
+class PromptLogprob(OpenAIBody):
+    """vLLM's Logprob: one token at one prompt position (its `prompt_logprobs` extension)."""
+
+    logprob: float
+    rank: int | None
+    decoded_token: str | None
+
+
+PromptLogprobs = list[dict[str, PromptLogprob] | None]  # per prompt position (None first), keyed by token id
 
 
 # ---- chat -----------------------------------------------------------------------------------
@@ -108,6 +119,7 @@ class CreateChatCompletionResponse(OpenAIBody):
     model: str
     choices: list[ChatCompletionChoice]
     usage: CompletionUsage | None = None
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's extension: the prompt's, on the response
 
 
 class CreateChatCompletionStreamResponse(OpenAIBody):
@@ -127,6 +139,7 @@ class CompletionChoice(OpenAIBody):
     text: str
     logprobs: CompletionLogprobs | None
     finish_reason: str | None  # null mid-stream, as OpenAI sends it
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's extension: the prompt's, on the choice
 
 
 class CreateCompletionResponse(OpenAIBody):

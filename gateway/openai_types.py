@@ -136,17 +136,24 @@ class _GenerationRequest(StructuredFields, _Request):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     user: str | None = None
+    prompt_logprobs: int | None = Field(None, ge=0, le=20, description="extension (as vLLM): each prompt token's "
+                                        "logprob and this many likeliest alternatives")  # fmt: skip
+
+    _UNSUPPORTED: ClassVar[dict[str, Any]] = _NEUTRAL_VALUES
 
     @model_validator(mode="before")
     @classmethod
     def _reject_unsupported(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for name, neutral in _NEUTRAL_VALUES.items():
+            for name, neutral in cls._UNSUPPORTED.items():
                 value = data.get(name)
                 if value is not None and value not in (neutral, {}, []):
                     raise InvalidRequest(f"'{name}' is not supported by this server yet.", param=name)
             if data.get("stream_options") is not None and not data.get("stream"):
                 raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+            if data.get("prompt_logprobs") is not None and data.get("stream"):
+                raise InvalidRequest("'prompt_logprobs' is not available when streaming (as vLLM).",
+                                     param="prompt_logprobs")  # fmt: skip
         return data
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
@@ -200,20 +207,23 @@ class _GenerationRequest(StructuredFields, _Request):
         return Keep(grace=detach_grace) if detach_grace is not None else None
 
     def _jobs(self, response_id: str | None, queue_timeout: float, prompts: list[dict[str, Any]],
-              params: SamplingParams) -> list[GenerateJob]:  # fmt: skip
-        """One job per choice: each prompt `n` times.  With a seed, choice j samples with seed + j,
-        so the n choices differ yet the same request gives the same choices.  A single job's
-        request id is the response id; several are `<response id>-<choice>`."""
+              params: SamplingParams, per_prompt: int | None = None) -> list[GenerateJob]:  # fmt: skip
+        """One job per choice: each prompt `n` times (or `per_prompt`: best_of's candidates).  With
+        a seed, choice j samples with seed + j, so the n choices differ yet the same request gives
+        the same choices.  A single job's request id is the response id; several are
+        `<response id>-<choice>`."""
         response_id = response_id or f"{self._ID_PREFIX}-{uuid.uuid4().hex}"
-        count = len(prompts) * self.n
+        each = per_prompt or self.n
+        count = len(prompts) * each
         if count > MAX_CHOICES:
-            raise InvalidRequest(f"n times the number of prompts may be at most {MAX_CHOICES}.", param="n")
+            raise InvalidRequest(f"n (or best_of) times the number of prompts may be at most {MAX_CHOICES}.",
+                                 param="best_of" if each > self.n else "n")  # fmt: skip
         jobs = []
         expires_at = time.time() + queue_timeout
         for k in range(count):
-            seed = None if params.seed is None else params.seed + k % self.n
+            seed = None if params.seed is None else params.seed + k % each
             request_id = response_id if count == 1 else f"{response_id}-{k}"
-            jobs.append(GenerateJob(**prompts[k // self.n], params=params.model_copy(update={"seed": seed}),
+            jobs.append(GenerateJob(**prompts[k // each], params=params.model_copy(update={"seed": seed}),
                                     request_id=request_id, model=self.model, expires_at=expires_at))  # fmt: skip
         return jobs
 
@@ -288,7 +298,7 @@ class CreateChatCompletionRequest(_GenerationRequest):
 
     def reply(self) -> Reply:
         return Reply(Format.CHAT, self.stream, self.include_usage, logprobs=bool(self.logprobs), n=self.n,
-                     tool_names=self.offered_tools)  # fmt: skip
+                     tool_names=self.offered_tools, prompt_logprobs=self.prompt_logprobs)  # fmt: skip
 
     def constraint(self) -> Constraint | None:
         """The grammar the reply must match: the response format's, a forced tool call's, or an
@@ -308,46 +318,12 @@ class CreateChatCompletionRequest(_GenerationRequest):
             messages = with_system_text(messages, instruction)
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         params = self.sampling_params(self.max_completion_tokens or self.max_tokens, logprobs)
+        params = params.model_copy(update={"prompt_logprobs": self.prompt_logprobs})
         chat: dict[str, Any] = {"messages": messages, "constraint": constraint}
         if self.offered_tools:
             chat["tools"] = tuple(t.function.model_dump(exclude_none=True) for t in self.tools or [])
             chat["tool_choice"] = choice_name(self.tool_choice)
         return self._jobs(response_id, queue_timeout, [chat], params)
-
-
-class CreateCompletionRequest(_GenerationRequest):
-    _ID_PREFIX = "cmpl"
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
-    logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool | None = False
-    response_format: ResponseFormat | None = None  # an extension here, as vLLM has it
-
-    @model_validator(mode="after")
-    def _echo_without_logprobs(self) -> CreateCompletionRequest:
-        if self.echo and self.logprobs is not None:
-            raise InvalidRequest("'echo' together with 'logprobs' (logprobs of the prompt) is not supported.",
-                                 param="echo")  # fmt: skip
-        return self
-
-    @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-
-    def check_limits(self, limits: GatewaySettings) -> None:
-        self._check_common_limits(limits, sum(len(p) for p in self.prompts), "prompt")
-
-    def reply(self) -> Reply:
-        prefixes = [p for p in self.prompts for _ in range(self.n)] if self.echo else ()
-        return Reply(Format.TEXT, self.stream, self.include_usage, logprobs=self.logprobs is not None,
-                     prefixes=prefixes, n=self.n)  # fmt: skip
-
-    def to_jobs(self, queue_timeout: float, response_id: str | None = None) -> list[GenerateJob]:
-        params = self.sampling_params(self.max_tokens, self.logprobs)
-        fmt = self.response_format.constraint() if self.response_format else None
-        constraint = only_one(fmt, self.extension_constraint())
-        return self._jobs(response_id, queue_timeout, [{"prompt": p, "constraint": constraint} for p in self.prompts],
-                          params)  # fmt: skip
 
 
 MAX_EMBEDDING_INPUTS = 2048  # as OpenAI

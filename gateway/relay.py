@@ -36,15 +36,13 @@ from gateway.subscriber import GAP, Inbox, Subscriber
 from gateway.tenants import BATCH_PRIORITY, FairShare, current_tenant
 from protocol import (
     FINAL_EVENTS,
-    TASK_EMBED,
-    TASK_GENERATE,
-    TASK_SCORE,
     EmbedJob,
     Event,
     GenerateJob,
     KeepAliveEvent,
     ScoreJob,
     StartEvent,
+    TokenizeJob,
     cancel_key_for,
     channel_for,
     decode_event,
@@ -58,6 +56,7 @@ _POLL_SECONDS = 1.0  # how often a silent wait re-checks the workers' heartbeats
 
 ClientGone = Callable[[], Awaitable[bool]]
 OnLeave = Callable[[], Awaitable[None]]  # a kept job's reader left before the end (instead of cancelling)
+AnyJob = GenerateJob | EmbedJob | ScoreJob | TokenizeJob  # each names its task (TASK)
 
 
 class Relay:
@@ -77,7 +76,7 @@ class Relay:
         self.queue_timeout = queue_timeout
         self.idle_timeout = idle_timeout
 
-    async def submit(self, job: GenerateJob | EmbedJob | ScoreJob, client_gone: ClientGone | None = None,
+    async def submit(self, job: AnyJob, client_gone: ClientGone | None = None,
                      on_leave: OnLeave | None = None) -> EventStream:  # fmt: skip
         """Queue `job`; the returned stream yields its events.  Close it (async with) when done.
         `client_gone` is asked while waiting: a client that left is not waited for.  A stream
@@ -185,10 +184,9 @@ class Relay:
                 headers={"Retry-After": "1"},
             )
 
-    def _send(self, job: GenerateJob | EmbedJob | ScoreJob, priority: int | None = None) -> None:
-        task = TASK_EMBED if isinstance(job, EmbedJob) else TASK_SCORE if isinstance(job, ScoreJob) else TASK_GENERATE
+    def _send(self, job: AnyJob, priority: int | None = None) -> None:
         self.celery.send_task(
-            task,
+            job.TASK,
             args=[job.model_dump(mode="json")],
             argsrepr=task_summary(job, self.show_prompts),  # what Flower and worker logs show
             kwargsrepr="{}",
@@ -199,7 +197,7 @@ class Relay:
         )
 
 
-def task_summary(job: GenerateJob | EmbedJob | ScoreJob, show_prompts: bool = False) -> str:
+def task_summary(job: AnyJob, show_prompts: bool = False) -> str:
     """A task's arguments as monitoring shows them: sizes, not content, unless configured."""
     if isinstance(job, EmbedJob):
         parts, text = [f"inputs={len(job.inputs)}"], " | ".join(str(i) for i in job.inputs)
@@ -208,6 +206,8 @@ def task_summary(job: GenerateJob | EmbedJob | ScoreJob, show_prompts: bool = Fa
     elif job.messages is not None:
         text = "\n".join(f"{m.role}: {m.content}" for m in job.messages)
         parts = [f"messages={len(job.messages)}", f"chars={sum(len(m.content) for m in job.messages)}"]
+    elif isinstance(job.prompt, tuple):
+        text, parts = str(list(job.prompt)), [f"prompt_tokens={len(job.prompt)}"]
     else:
         text, parts = job.prompt or "", [f"prompt_chars={len(job.prompt or '')}"]
     if isinstance(job, GenerateJob) and job.params.max_tokens:

@@ -34,11 +34,13 @@ from gateway.openai_responses import (
     CreateEmbeddingResponse,
     Embedding,
     EmbeddingUsage,
+    PromptLogprobs,
     TopLogprob,
 )
+from gateway.prompt_logprobs import Row, best_of, prompt_rows, token_rows, vllm_prompt_logprobs
 from gateway.reply import Format, Reply
 from gateway.tool_calls import ToolStreamFilter, parse_tool_calls
-from protocol import DoneEvent, EmbeddingsEvent, ErrorEvent, Event, TokenEvent, TokenLogprob, Usage
+from protocol import DoneEvent, EmbeddingsEvent, ErrorEvent, Event, PromptEvent, TokenEvent, TokenLogprob, Usage
 
 Body = CreateChatCompletionResponse | CreateChatCompletionStreamResponse | CreateCompletionResponse
 Choice = ChatCompletionChoice | ChatCompletionChunkChoice | CompletionChoice
@@ -57,6 +59,18 @@ class ChoiceState:
     finish_reason: str | None = None
     usage: Usage | None = None
     tools: ToolStreamFilter | None = None  # chat with tools offered: calls are parsed out of the text
+    prompt_rows: list[Row] = field(default_factory=list)  # echo with logprobs: the prompt's, leading the logprobs
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's prompt_logprobs, when asked for
+    cumulative_logprob: float | None = None  # best_of's candidates: what ranks them
+
+    def take_prompt(self, event: PromptEvent, reply: Reply) -> None:
+        """The worker's echo of the prompt (its text, its tokens' logprobs)."""
+        if event.text is not None:
+            self.prefix = event.text
+        if event.tokens is not None and reply.echo_top is not None:
+            self.prompt_rows = prompt_rows(event.tokens, reply.echo_top)
+        if event.tokens is not None and reply.prompt_logprobs is not None:
+            self.prompt_logprobs = vllm_prompt_logprobs(event.tokens, reply.prompt_logprobs)
 
 
 def choice_states(reply: Reply, count: int, seed: str = "") -> list[ChoiceState]:
@@ -77,33 +91,38 @@ class Envelope:
     fmt: Format
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def wrap(self, choices: list, *, chunk: bool, usage: Usage | None = None) -> Body:
+    def wrap(self, choices: list, *, chunk: bool, usage: Usage | None = None,
+             prompt_logprobs: PromptLogprobs | None = None) -> Body:  # fmt: skip
         fields = {"id": self.id, "created": self.created, "model": self.model, "choices": choices}
         if usage is not None:
             fields["usage"] = usage_body(usage)
+        if prompt_logprobs is not None and self.fmt is Format.CHAT and not chunk:
+            fields["prompt_logprobs"] = prompt_logprobs  # vLLM puts a chat's on the response
         if self.fmt is Format.TEXT:
             return CreateCompletionResponse(object="text_completion", **fields)
         if chunk:
             return CreateChatCompletionStreamResponse(object="chat.completion.chunk", **fields)
         return CreateChatCompletionResponse(object="chat.completion", **fields)
 
-    def logprobs(self, choice: ChoiceState, entries: Sequence[TokenLogprob]) -> ChatChoiceLogprobs | CompletionLogprobs | None:
+    def logprobs(self, choice: ChoiceState, entries: Sequence[TokenLogprob],
+                 lead: Sequence[Row] = ()) -> ChatChoiceLogprobs | CompletionLogprobs | None:  # fmt: skip
+        """The choice's logprobs object over `entries` (completions: after the prompt's `lead`)."""
         if not choice.logprobs:
             return None
         if self.fmt is Format.CHAT:
             return ChatChoiceLogprobs(content=[_chat_logprob(e) for e in entries], refusal=None)
+        rows = [*lead, *token_rows(entries)]
         offsets = []
-        for entry in entries:
+        for token, _, _ in rows:
             offsets.append(choice.offset)
-            choice.offset += len(entry.token)
-        return CompletionLogprobs(tokens=[e.token for e in entries], token_logprobs=[e.logprob for e in entries],
-                                  top_logprobs=[{t.token: t.logprob for t in e.top} for e in entries],
-                                  text_offset=offsets)  # fmt: skip
+            choice.offset += len(token)
+        return CompletionLogprobs(tokens=[r[0] for r in rows], token_logprobs=[r[1] for r in rows],
+                                  top_logprobs=[r[2] for r in rows], text_offset=offsets)  # fmt: skip
 
     def delta(self, choice: ChoiceState, text: str | None, finish_reason: str | None = None, role: bool = False,
-              entries: Sequence[TokenLogprob] = ()) -> ChatCompletionChunkChoice | CompletionChoice:  # fmt: skip
+              entries: Sequence[TokenLogprob] = (), lead: Sequence[Row] = ()) -> ChatCompletionChunkChoice | CompletionChoice:  # fmt: skip
         """One streamed choice."""
-        logprobs = self.logprobs(choice, entries) if entries else None
+        logprobs = self.logprobs(choice, entries, lead) if entries or lead else None
         if self.fmt is Format.TEXT:
             return CompletionChoice(index=choice.index, text=text or "", logprobs=logprobs, finish_reason=finish_reason)
         delta = ChatCompletionStreamResponseDelta()
@@ -116,9 +135,11 @@ class Envelope:
     def whole(self, choice: ChoiceState) -> ChatCompletionChoice | CompletionChoice:
         """One complete choice."""
         text = choice.prefix + "".join(choice.parts)
-        logprobs = self.logprobs(choice, choice.entries)
+        logprobs = self.logprobs(choice, choice.entries, choice.prompt_rows)
         if self.fmt is Format.TEXT:
-            return CompletionChoice(index=choice.index, text=text, logprobs=logprobs, finish_reason=choice.finish_reason)
+            extra = {} if choice.prompt_logprobs is None else {"prompt_logprobs": choice.prompt_logprobs}
+            return CompletionChoice(index=choice.index, text=text, logprobs=logprobs, finish_reason=choice.finish_reason,
+                                    **extra)  # fmt: skip
         message = ChatCompletionResponseMessage(role="assistant", content=text, refusal=None)
         finish = choice.finish_reason or "stop"
         if choice.tools is not None:
@@ -204,7 +225,11 @@ async def sse_events(events: AsyncIterable[tuple[int, Event]], env: Envelope, re
                 yield seq, env.wrap([env.delta(state, state.prefix)], chunk=True).to_json()
         async for index, event in events:
             state, seq = states[index], event.seq
-            if isinstance(event, TokenEvent):
+            if isinstance(event, PromptEvent):  # completions' echo: the prompt first, with its logprobs
+                state.take_prompt(event, reply)
+                if env.fmt is Format.TEXT and (event.text or state.prompt_rows):
+                    yield seq, env.wrap([env.delta(state, event.text or "", lead=state.prompt_rows)], chunk=True).to_json()
+            elif isinstance(event, TokenEvent):
                 text = state.tools.push(event.text) if state.tools else event.text
                 if event.logprobs:
                     yield seq, env.wrap([env.delta(state, text, entries=event.logprobs)], chunk=True).to_json()
@@ -225,7 +250,7 @@ async def sse_events(events: AsyncIterable[tuple[int, Event]], env: Envelope, re
                 break
         else:
             if reply.include_usage:
-                yield seq, env.wrap([], chunk=True, usage=total_usage(states, reply.n)).to_json()
+                yield seq, env.wrap([], chunk=True, usage=total_usage(states, reply.per_prompt)).to_json()
     except APIError as exc:
         yield seq, exc.to_json()
     yield seq, "[DONE]"
@@ -239,13 +264,19 @@ async def collect(events: AsyncIterable[tuple[int, Event]], env: Envelope, reply
         if isinstance(event, TokenEvent):
             state.parts.append(event.text)
             state.entries.extend(event.logprobs or ())
+        elif isinstance(event, PromptEvent):
+            state.take_prompt(event, reply)
         elif isinstance(event, DoneEvent):
             state.finish_reason, state.usage = event.finish_reason, event.usage
+            state.cumulative_logprob = event.cumulative_logprob
         elif isinstance(event, ErrorEvent):
             raise from_event(event)
     if any(state.usage is None for state in states):
         raise InternalError("The worker ended the response without finishing it.")
-    return env.wrap([env.whole(s) for s in states], chunk=False, usage=total_usage(states, reply.n))
+    usage = total_usage(states, reply.per_prompt)  # every candidate's tokens count
+    if reply.best_of is not None:
+        states = best_of(states, reply.n, reply.best_of)
+    return env.wrap([env.whole(s) for s in states], chunk=False, usage=usage, prompt_logprobs=states[0].prompt_logprobs)
 
 
 async def collect_logged(events: Sequence[Event], env: Envelope, reply: Reply) -> Body:

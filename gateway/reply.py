@@ -27,9 +27,17 @@ class Reply:
     stream: bool
     include_usage: bool = False
     logprobs: bool = False
-    prefixes: Sequence[str] = ()  # completions with echo: each choice's prompt
+    prefixes: Sequence[str] = ()  # completions with echo, as records made before echo came from the worker
     n: int = 1  # choices per prompt (usage counts a prompt once)
     tool_names: frozenset[str] = frozenset()  # tools offered: their calls are parsed out of the text
+    best_of: int | None = None  # completions: candidates per prompt, of which the n likeliest are returned
+    echo_top: int | None = None  # echo with logprobs: the prompt's tokens lead the logprobs, with this many alternatives
+    prompt_logprobs: int | None = None  # vLLM's prompt_logprobs: this many alternatives per prompt position
+
+    @property
+    def per_prompt(self) -> int:
+        """Jobs per prompt: best_of's candidates, else the n choices."""
+        return self.best_of or self.n
 
 
 @dataclass(frozen=True)

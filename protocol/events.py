@@ -1,8 +1,9 @@
 """What a worker answers: numbered events on the request's pub/sub channel (`channel_for(id)`).
 
-One `StartEvent`, any number of `TokenEvent`s (and `KeepAliveEvent`s while there is nothing to
+One `StartEvent`, a `PromptEvent` when the job asked for its prompt back (echo, prompt
+logprobs), any number of `TokenEvent`s (and `KeepAliveEvent`s while there is nothing to
 send), then exactly one `DoneEvent` or `ErrorEvent` (or `EmbeddingsEvent` for an `EmbedJob`,
-`ScoresEvent` for a `ScoreJob`).
+`ScoresEvent` for a `ScoreJob`, `TokenizedEvent` for a `TokenizeJob`).
 `seq` starts at 0 and grows by one per event, so the receiver can detect a lost event.
 """
 
@@ -46,6 +47,36 @@ class TokenLogprob(TopLogprob):
     top: tuple[TopLogprob, ...] = ()
 
 
+class RankedLogprob(WireModel):
+    """A token at one prompt position: its log-probability there and its rank among the whole
+    vocabulary (1: the likeliest)."""
+
+    id: int
+    token: str
+    logprob: float
+    rank: int
+
+
+class PromptToken(WireModel):
+    """One prompt token; `logprob` and `rank` None for the first (nothing before it predicts it)."""
+
+    id: int
+    token: str
+    logprob: float | None = None
+    rank: int | None = None
+    top: tuple[RankedLogprob, ...] = ()  # the likeliest tokens at this position, likeliest first
+
+
+class PromptEvent(WireModel):
+    """The prompt, before the completion: its text (echo) and its tokens' logprobs (prompt
+    logprobs, computed in the prefill), each when the job asked for it."""
+
+    type: Literal["prompt"] = "prompt"
+    seq: int
+    text: str | None = None
+    tokens: tuple[PromptToken, ...] | None = None
+
+
 class TokenEvent(WireModel):
     """New text, and the logprobs of the tokens generated since the last event (when asked for).
     `text` can be empty while tokens are held back (an unfinished character or stop sequence)."""
@@ -70,6 +101,19 @@ class DoneEvent(WireModel):
     seq: int
     finish_reason: Literal["stop", "length"]
     usage: Usage
+    cumulative_logprob: float | None = None  # the generated tokens' logprobs summed, when the job asked
+
+
+class TokenizedEvent(WireModel):
+    """The answer to a TokenizeJob: the token ids (and each one's text, when asked), or the text
+    of the ids it was given."""
+
+    type: Literal["tokenized"] = "tokenized"
+    seq: int
+    tokens: tuple[int, ...] = ()
+    token_strs: tuple[str, ...] | None = None
+    text: str | None = None
+    max_model_len: int
 
 
 class EmbeddingsEvent(WireModel):
@@ -112,9 +156,9 @@ class ErrorEvent(WireModel):
     param: str | None = None
 
 
-Event = Annotated[Union[StartEvent, TokenEvent, KeepAliveEvent, DoneEvent, ErrorEvent, EmbeddingsEvent, ScoresEvent],
-                  Field(discriminator="type")]  # fmt: skip
-FINAL_EVENTS = (DoneEvent, ErrorEvent, EmbeddingsEvent, ScoresEvent)
+Event = Annotated[Union[StartEvent, PromptEvent, TokenEvent, KeepAliveEvent, DoneEvent, ErrorEvent, EmbeddingsEvent,
+                        ScoresEvent, TokenizedEvent], Field(discriminator="type")]  # fmt: skip
+FINAL_EVENTS = (DoneEvent, ErrorEvent, EmbeddingsEvent, ScoresEvent, TokenizedEvent)
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from protocol.base import WireModel
 from protocol.cards import Capability
+from protocol.names import TASK_EMBED, TASK_GENERATE, TASK_TOKENIZE
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"  # how models are asked to write calls
 
@@ -31,13 +32,17 @@ class SamplingParams(WireModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1, description="sample only among the k likeliest tokens")
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0, description="0: nothing is generated (the prompt is only scored)")
     stop: tuple[str, ...] = ()
     seed: int | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logprobs: int | None = Field(None, ge=0, le=20, description="None: none; k: the chosen token's and k alternatives'")
     logit_bias: tuple[tuple[int, float], ...] = Field((), description="(token id, bias -100..100) added to the logits")
+    prompt_logprobs: int | None = Field(None, ge=0, le=20, description="None: none; k: each prompt token's logprob "
+                                        "(after the first), its rank and the k likeliest alternatives, from the prefill")
+    cumulative_logprob: bool = Field(False, description="report the sum of the generated tokens' logprobs in the done "
+                                     "event (best_of ranks its candidates by it)")
 
     @property
     def greedy(self) -> bool:
@@ -102,12 +107,15 @@ class Constraint(WireModel):
 
 
 class GenerateJob(WireModel):
-    """One request for one model.  Exactly one of `messages` (chat) or `prompt` (completion)."""
+    """One request for one model.  Exactly one of `messages` (chat) or `prompt` (completion: text,
+    or token ids used as given)."""
 
+    TASK: ClassVar[str] = TASK_GENERATE
     request_id: str
     model: str
     messages: tuple[ChatMessage, ...] | None = None
-    prompt: str | None = None
+    prompt: str | tuple[int, ...] | None = None
+    echo: bool = Field(False, description="send the prompt back (a PromptEvent's text) before the completion")
     params: SamplingParams = SamplingParams()
     tools: tuple[dict[str, Any], ...] | None = Field(None, description="OpenAI function definitions (name, description, parameters)")
     tool_choice: str | None = Field(None, description="auto, required, or the name of the function to call")
@@ -136,9 +144,37 @@ class GenerateJob(WireModel):
         return "chat" if self.messages is not None else "completions"
 
 
+class TokenizeJob(WireModel):
+    """Tokenize a prompt or a chat (`tokens` None), or detokenize `tokens`, with a model's tokenizer."""
+
+    TASK: ClassVar[str] = TASK_TOKENIZE
+    request_id: str
+    model: str
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    tokens: tuple[int, ...] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+    expires_at: float
+
+    def model_post_init(self, __context: object) -> None:
+        if sum(x is not None for x in (self.prompt, self.messages, self.tokens)) != 1:
+            raise ValueError("a tokenize job carries exactly one of prompt, messages or tokens")
+
+    @property
+    def expired(self) -> bool:
+        return time.time() > self.expires_at
+
+    @property
+    def capability(self) -> Capability:
+        return "chat" if self.messages is not None else "completions"
+
+
 class EmbedJob(WireModel):
     """Embed every input (text, or token ids) with one embedding model."""
 
+    TASK: ClassVar[str] = TASK_EMBED
     request_id: str
     model: str
     inputs: tuple[str | tuple[int, ...], ...] = Field(min_length=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 TASK_GENERATE = "queuechat.generate"
 TASK_EMBED = "queuechat.embed"
 TASK_SCORE = "queuechat.score"  # classify, score and rerank: a ScoreJob
+TASK_TOKENIZE = "queuechat.tokenize"
 KEY_PREFIX = "queuechat:"
 
 

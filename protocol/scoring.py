@@ -4,12 +4,13 @@ cross-encoder: /v1/score and /v1/rerank are both pairs scored), answered by one 
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from protocol.base import WireModel
 from protocol.cards import Capability
+from protocol.names import TASK_SCORE
 
 ScoreMode = Literal["classify", "score"]
 
@@ -17,6 +18,8 @@ ScoreMode = Literal["classify", "score"]
 class ScoreJob(WireModel):
     """Run one sequence classifier over `texts`: each row is one text ("classify") or a pair
     ("score": the query first, then the document, as a cross-encoder reads them)."""
+
+    TASK: ClassVar[str] = TASK_SCORE
 
     request_id: str
     model: str

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from protocol import ErrorCode, SamplingParams, TokenLogprob, Usage
 from workers.batch_engine import BatchEngine
 from workers.contract import Cancelled, Finished, FinishReason
+
+
+@dataclass(frozen=True)
+class PromptEcho:
+    """What the engine sent about the prompt (echo, prompt logprobs)."""
+
+    text: str | None
+    tokens: tuple | None
 
 
 class QueueSink:
@@ -19,7 +28,11 @@ class QueueSink:
     def token(self, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> None:
         self.items.put(text)
 
-    def done(self, finish_reason: FinishReason, usage: Usage) -> None:
+    def prompt(self, text: str | None, tokens: tuple | None) -> None:
+        self.items.put(PromptEcho(text, tokens))
+
+    def done(self, finish_reason: FinishReason, usage: Usage, cumulative_logprob: float | None = None) -> None:
+        self.cumulative_logprob = cumulative_logprob
         self.items.put(Finished(finish_reason, usage))
 
     def error(self, code: ErrorCode, message: str, param: str | None = None) -> None:

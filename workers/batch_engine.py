@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from adapters import ContextLengthExceeded, EmptyPrompt, KVCacheExceeded, ModelAdapter, UnsupportedParameter
-from adapters.base import Detokenizer, Prefill
+from adapters.base import Detokenizer, Prefill, PromptScores
 from adapters.guidance import LANDING_TOKENS, GrammarState
 from adapters.sampling import apply_penalties, logprobs_of, make_generator, next_token
 from adapters.stops import StopMatcher
@@ -37,10 +37,10 @@ from protocol import (
     ModelSpec,
     SamplingParams,
     TokenLogprob,
-    TopLogprob,
     Usage,
 )
 from workers.contract import EngineBase, FinishReason, Sink
+from workers.logprobs import echo_text, prompt_logprobs_param, prompt_tokens, token_logprob, token_prompt
 from workers.sizing import batch_slots, device_cap, prefill_tokens
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ class Sequence:
     finished: threading.Event = field(default_factory=threading.Event)
     last_sent: float = field(default_factory=time.monotonic)  # when its sink last heard from the engine
     grammar: GrammarState | None = None  # what its output must match (structured outputs)
+    echo: str | None = None  # the prompt's text, sent back before the completion
+    prompt_scores: PromptScores | None = None  # from the prefill, when prompt logprobs were asked for
+    cumulative: float | None = None  # the generated tokens' logprobs summed, when asked for
 
 
 class BatchEngine(EngineBase):
@@ -123,7 +126,8 @@ class BatchEngine(EngineBase):
         if job.messages is not None:
             ids = self.adapter.chat_prompt(job.messages, job.tools, job.tool_choice)
         else:
-            ids = self.adapter.text_prompt(job.prompt or "")
+            ids = token_prompt(job.prompt, self.adapter.vocab_size) if isinstance(job.prompt, tuple) \
+                else self.adapter.text_prompt(job.prompt or "")
         if not ids:
             raise EmptyPrompt()
         if len(ids) >= self.adapter.context_length:
@@ -132,6 +136,9 @@ class BatchEngine(EngineBase):
         if any(not 0 <= token < self.adapter.vocab_size for token, _ in job.params.logit_bias):
             raise UnsupportedParameter("logit_bias", self.adapter.spec.name,
                                        f"holds a token id outside this model's vocabulary (0..{self.adapter.vocab_size - 1})")  # fmt: skip
+        if job.params.prompt_logprobs is not None and not self._batch.scores_prompts:
+            raise UnsupportedParameter(prompt_logprobs_param(job), self.adapter.spec.name,
+                                       "(logprobs of the prompt) is not supported by model")  # fmt: skip
         self._grammar(job)  # compiled here, in the task thread: a grammar that fails is refused before the start
         return ids
 
@@ -171,11 +178,13 @@ class BatchEngine(EngineBase):
     def submit_job(self, job: GenerateJob, prompt_ids: list[int], sink: Sink) -> Sequence:
         """Queue `job` (tokenized by `prompt_ids`); chats also stop at the template's boundaries."""
         extra = self.adapter.chat_stops if job.messages is not None else ()
-        return self.submit(prompt_ids, job.params, sink, extra_stops=extra, grammar=self._grammar(job))
+        echo = echo_text(job, self.adapter, prompt_ids)
+        return self.submit(prompt_ids, job.params, sink, extra_stops=extra, echo=echo, grammar=self._grammar(job))
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink,
-               extra_stops: tuple[str, ...] = (), grammar: GrammarState | None = None) -> Sequence:  # fmt: skip
-        """Queue a sequence for the next step boundary; its results go to `sink`."""
+    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink, extra_stops: tuple[str, ...] = (),
+               echo: str | None = None, grammar: GrammarState | None = None) -> Sequence:  # fmt: skip
+        """Queue a sequence for the next step boundary; its results go to `sink` (`echo`, the
+        prompt's text, first; `grammar`: what its output must match)."""
         params = params.resolved(**self._defaults)
         seq = Sequence(
             prompt_ids=prompt_ids,
@@ -186,6 +195,8 @@ class BatchEngine(EngineBase):
             stops=StopMatcher(params.stop + tuple(s for s in extra_stops if s not in params.stop)),
             generator=make_generator(params, torch.device("cpu")),
             grammar=grammar,
+            echo=echo,
+            cumulative=0.0 if params.cumulative_logprob else None,
         )
         with self._wake:
             if self._closing:
@@ -254,7 +265,8 @@ class BatchEngine(EngineBase):
             candidates = [*joiners, self._waiting[0]]
             if self.kv_budget is not None and (self._rows or joiners) and self._peak_kv(candidates) > self.kv_budget:
                 break
-            wider = max(columns, self._batch.prefill_columns([self._waiting[0].prompt_ids]))
+            first = self._waiting[0]  # computed whole when its prompt is scored
+            wider = max(columns, self._batch.prefill_columns([first.prompt_ids], [first.params.prompt_logprobs is not None]))
             if joiners and len(candidates) * wider > self.prefill_chunk:
                 break
             joiners.append(self._waiting.popleft())
@@ -265,7 +277,8 @@ class BatchEngine(EngineBase):
         """Token positions the batch's KV cache could reach with `joiners` in it: every row padded
         to the widest, growing one column a step until the longest-running row is done."""
         rows = [*self._rows, *joiners]
-        width = max(self._batch.columns, self._batch.width_with([s.prompt_ids for s in joiners]))
+        whole = [s.params.prompt_logprobs is not None for s in joiners]
+        width = max(self._batch.columns, self._batch.width_with([s.prompt_ids for s in joiners], whole))
         return len(rows) * (width + max(s.limit - s.produced for s in rows))
 
     def _send_keepalives(self, seqs: list[Sequence]) -> None:
@@ -291,7 +304,8 @@ class BatchEngine(EngineBase):
             return
         try:
             if self._prefilling is None:
-                self._prefilling = self._batch.start([seq.prompt_ids for seq in joining])
+                prompts, scored = [s.prompt_ids for s in joining], [s.params.prompt_logprobs for s in joining]
+                self._prefilling = self._batch.start(prompts, scored)
             logits = self._prefilling.feed(max(1, self.prefill_chunk // len(joining)))
         except Exception:
             log.exception("prefilling %d new requests failed; the %d running ones go on", len(joining),
@@ -302,6 +316,8 @@ class BatchEngine(EngineBase):
             return
         if logits is None:
             return  # more chunks to come
+        for seq, scores in zip(joining, self._prefilling.prompt_scores):
+            seq.prompt_scores = scores
         self._joining, self._prefilling = [], None
         offset = len(self._rows)
         self._rows.extend(joining)
@@ -337,12 +353,19 @@ class BatchEngine(EngineBase):
         """Sample, emit and account one token of `seq`; whether it is finished.  Whatever goes
         wrong here fails this request alone."""
         try:
+            if seq.produced == 0:
+                self._send_prompt(seq)
+            if seq.params.max_tokens == 0:  # the prompt only (scored, echoed)
+                return self._done(seq, "length")
             token = self._choose(seq, logits, argmax)
             if seq.grammar is not None and not seq.grammar.consume(token):
                 self._fail(seq, "internal_error", f"no token of this model continues the requested grammar here "
                            f"({seq.grammar.error})")  # fmt: skip
                 return True
-            return self._accept(seq, token, self._logprob(logits, token, seq.params.logprobs))
+            logprob = token_logprob(self.adapter, logits, token, seq.params.logprobs)
+            if seq.cumulative is not None:
+                seq.cumulative += logprob.logprob if logprob is not None else logprobs_of(logits, token, 0)[0]
+            return self._accept(seq, token, logprob)
         except Exception:
             log.exception("generating a token failed; failing that request only")
             self._fail(seq, "internal_error", "the worker failed while generating this request; see its log")
@@ -356,14 +379,20 @@ class BatchEngine(EngineBase):
             return int(torch.argmax(logits)) if params.greedy else next_token(logits, params, seq.generator)
         return argmax if params.greedy else next_token(logits, params, seq.generator)
 
-    def _logprob(self, logits: torch.Tensor, token: int, top: int | None) -> TokenLogprob | None:
-        if top is None:
-            return None
-        chosen, alternatives = logprobs_of(logits, token, top)
-        texts = self.adapter.token_texts([token, *(i for i, _ in alternatives)])
-        entry = lambda text, lp: {"token": text, "logprob": lp, "bytes": tuple(text.encode())}  # noqa: E731
-        top_entries = tuple(TopLogprob(**entry(t, lp)) for t, (_, lp) in zip(texts[1:], alternatives))
-        return TokenLogprob(**entry(texts[0], chosen), top=top_entries)
+    def _send_prompt(self, seq: Sequence) -> None:
+        """The prompt's echo and scores, when asked for: before its first token."""
+        if seq.echo is None and seq.prompt_scores is None:
+            return
+        scores, seq.prompt_scores = seq.prompt_scores, None
+        seq.sink.prompt(seq.echo, prompt_tokens(self.adapter, seq.prompt_ids, scores) if scores is not None else None)
+        seq.last_sent = time.monotonic()
+
+    @staticmethod
+    def _done(seq: Sequence, finish: FinishReason) -> bool:
+        usage = Usage(prompt_tokens=len(seq.prompt_ids), completion_tokens=seq.produced)
+        seq.sink.done(finish, usage, **({} if seq.cumulative is None else {"cumulative_logprob": seq.cumulative}))
+        seq.finished.set()
+        return True
 
     def _accept(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> bool:
         """Take one generated token; emit its text; return True when the sequence is finished."""
@@ -383,10 +412,7 @@ class BatchEngine(EngineBase):
         if text or logprob is not None:
             seq.sink.token(text, (logprob,) if logprob is not None else None)
             seq.last_sent = time.monotonic()
-        if finish is not None:
-            seq.sink.done(finish, Usage(prompt_tokens=len(seq.prompt_ids), completion_tokens=seq.produced))
-            seq.finished.set()
-        return finish is not None
+        return finish is not None and self._done(seq, finish)
 
     @staticmethod
     def _fail(seq: Sequence, code: ErrorCode, message: str) -> None:

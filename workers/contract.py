@@ -24,6 +24,7 @@ from protocol import (
     GenerateJob,
     ModelCard,
     ModelSpec,
+    PromptToken,
     ScoreJob,
     TokenLogprob,
     Usage,
@@ -35,9 +36,12 @@ FinishReason = Literal["stop", "length"]
 class Sink(Protocol):
     """Where one request's results go (an EventPublisher in the worker)."""
 
+    def prompt(self, text: str | None, tokens: tuple[PromptToken, ...] | None) -> None:
+        """The prompt's echo and its tokens' logprobs (each when asked for), before any token."""
+
     def token(self, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> None: ...
 
-    def done(self, finish_reason: FinishReason, usage: Usage) -> None: ...
+    def done(self, finish_reason: FinishReason, usage: Usage, cumulative_logprob: float | None = None) -> None: ...
 
     def error(self, code: ErrorCode, message: str, param: str | None = None) -> None: ...
 

@@ -24,9 +24,12 @@ from protocol import (
     ErrorEvent,
     Event,
     KeepAliveEvent,
+    PromptEvent,
+    PromptToken,
     ScoresEvent,
     StartEvent,
     TokenEvent,
+    TokenizedEvent,
     TokenLogprob,
     Usage,
     channel_for,
@@ -120,11 +123,19 @@ class EventPublisher:
     def start(self, worker: str, prompt_tokens: int) -> None:
         self._publish(StartEvent, worker=worker, prompt_tokens=prompt_tokens)
 
+    def prompt(self, text: str | None, tokens: tuple[PromptToken, ...] | None) -> None:
+        self._publish(PromptEvent, text=text, tokens=tokens)
+
     def token(self, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> None:
         self._publish(TokenEvent, text=text, logprobs=logprobs)
 
-    def done(self, finish_reason: Literal["stop", "length"], usage: Usage) -> None:
-        self._publish(DoneEvent, finish_reason=finish_reason, usage=usage)
+    def done(self, finish_reason: Literal["stop", "length"], usage: Usage, cumulative_logprob: float | None = None) -> None:
+        self._publish(DoneEvent, finish_reason=finish_reason, usage=usage, cumulative_logprob=cumulative_logprob)
+        self.finished = True
+
+    def tokenized(self, max_model_len: int, tokens: tuple[int, ...] = (), token_strs: tuple[str, ...] | None = None,
+                  text: str | None = None) -> None:  # fmt: skip
+        self._publish(TokenizedEvent, max_model_len=max_model_len, tokens=tokens, token_strs=token_strs, text=text)
         self.finished = True
 
     def embeddings(self, vectors: tuple[str, ...], prompt_tokens: int) -> None:

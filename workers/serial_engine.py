@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from adapters import ContextLengthExceeded, EmptyPrompt, TextAdapter
+from adapters import ContextLengthExceeded, EmptyPrompt, TextAdapter, UnsupportedParameter
 from adapters.stops import StopMatcher
 from protocol import GENERATES, GenerateJob, ModelSpec, SamplingParams, Usage
 from workers.contract import EngineBase, FinishReason, Sink
+from workers.logprobs import prompt_logprobs_param
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class SerialEngine(EngineBase):
         return {"running": int(self._busy), "slots": self.slots, "tokens": self.generated_tokens}
 
     def prompt_ids(self, job: GenerateJob) -> list[int]:
+        self._check_logit_free(job)
         self.adapter.check(job)
         ids = self.adapter.prompt_ids(job)
         if not ids:
@@ -72,10 +74,21 @@ class SerialEngine(EngineBase):
         self.adapter.conversation(job)  # a conversation the model cannot take fails before it starts
         return ids
 
+    def _check_logit_free(self, job: GenerateJob) -> None:
+        """Refuse what needs the model's logits or its token ids, which a text adapter never sees."""
+        name, params = self.adapter.spec.name, job.params
+        if isinstance(job.prompt, tuple):
+            raise UnsupportedParameter("prompt", name, "as token ids is not supported by model")
+        if params.prompt_logprobs is not None:
+            raise UnsupportedParameter(prompt_logprobs_param(job), name, "(logprobs of the prompt) is not supported by model")
+        if params.cumulative_logprob:
+            raise UnsupportedParameter("best_of", name, "(ranking candidates by logprob) is not supported by model")
+
     def submit_job(self, job: GenerateJob, prompt_ids: list[int], sink: Sink) -> TextRequest:
         params = job.params.resolved(**self._defaults)
         room = self.adapter.context_length - len(prompt_ids)
-        limit = min(params.max_tokens or self._default_max_tokens or room, room)
+        wanted = params.max_tokens if params.max_tokens is not None else self._default_max_tokens or room
+        limit = min(wanted, room)
         stops = params.stop + (self.adapter.chat_stops if job.messages is not None else ())
         request = TextRequest(job, prompt_ids, params, limit, sink, StopMatcher(stops))
         self._queue.put(request)
@@ -109,6 +122,11 @@ class SerialEngine(EngineBase):
     def _run(self, request: TextRequest) -> None:
         if request.cancelled:
             request.sink.error("cancelled", "the client cancelled the request")
+            return
+        if request.job.echo and isinstance(request.job.prompt, str):
+            request.sink.prompt(request.job.prompt, None)
+        if request.limit <= 0:  # max_tokens 0: nothing to generate
+            request.sink.done("length", Usage(prompt_tokens=len(request.prompt_ids), completion_tokens=0))
             return
         generated, finish, last_sent = "", None, time.monotonic()
         stream = self.adapter.stream(request.job, request.params, request.limit, len(request.prompt_ids))

@@ -13,11 +13,23 @@ from pydantic import ValidationError
 
 import workers.lifecycle  # noqa: F401  (connects the start-up and heartbeat signal handlers)
 from adapters import AdapterError, ContextLengthExceeded
-from protocol import TASK_EMBED, TASK_GENERATE, TASK_SCORE, Capability, EmbedJob, GenerateJob, ScoreJob, cancel_key_for
+from protocol import (
+    TASK_EMBED,
+    TASK_GENERATE,
+    TASK_SCORE,
+    TASK_TOKENIZE,
+    Capability,
+    EmbedJob,
+    GenerateJob,
+    ScoreJob,
+    TokenizeJob,
+    cancel_key_for,
+)
 from workers.cancels import CANCEL_POLL_SECONDS
 from workers.contract import EmbedEngine, Engine, GenerationEngine, ScoreEngine
 from workers.heartbeat import WorkerState
 from workers.publisher import EventPublisher
+from workers.tokenizing import answer_tokenize
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +43,25 @@ def generate(self: Any, payload: dict[str, Any]) -> None:
 @shared_task(name=TASK_EMBED, bind=True)
 def embed(self: Any, payload: dict[str, Any]) -> None:
     run_embed_job(self.app.state, payload)
+
+
+@shared_task(name=TASK_TOKENIZE, bind=True)
+def tokenize(self: Any, payload: dict[str, Any]) -> None:
+    run_tokenize_job(self.app.state, payload)
+
+
+def run_tokenize_job(state: WorkerState, payload: dict[str, Any]) -> None:
+    param = "tokens" if isinstance(payload, dict) and payload.get("tokens") is not None else "prompt"
+    with _error_boundary(state, payload, param) as publisher:
+        job = TokenizeJob.model_validate(payload)
+        if job.expired:
+            publisher.error("expired", "the request expired before a worker was free")
+            return
+        engine = _engine_that_can(state, job.model, job.capability, publisher)
+        if engine is None:
+            return
+        publisher.start(worker=state.worker_id, prompt_tokens=0)
+        answer_tokenize(engine, job, publisher)
 
 
 def run_embed_job(state: WorkerState, payload: dict[str, Any]) -> None:

@@ -3,10 +3,10 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.completion_request import CreateCompletionRequest
 from gateway.deps import HttpLabelsDep, KeeperDep, RelayDep, SettingsDep
 from gateway.generation import respond, resume_kept
 from gateway.keep import DETACH_GRACE_HEADER, detach_grace
-from gateway.openai_types import CreateCompletionRequest
 from gateway.routes.chat import GraceHeader, LastEventId, StartingAfter
 
 router = APIRouter()

@@ -23,11 +23,11 @@ from gateway.errors import InvalidRequest, NotFound, from_event
 from gateway.jobs import JobRecord, JobStore, metadata_of
 from gateway.keep import Detacher, detach_grace
 from gateway.listing import list_page
-from gateway.sse import event_stream
 from gateway.relay import Relay
 from gateway.responses_render import ResponseState, replayed, stream_events
 from gateway.responses_request import CreateResponseRequest, new_response_id
 from gateway.routes.chat import GraceHeader
+from gateway.sse import event_stream
 from protocol import ErrorEvent, Event, GenerateJob
 
 router = APIRouter()

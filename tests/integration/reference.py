@@ -52,3 +52,20 @@ def greedy(model_dir: Path, *, messages: list[dict] | None = None, prompt: str |
         completion_tokens=len(new),
         finish_reason="stop" if hit_eos else "length",
     )
+
+
+def token_ids(model_dir: Path, prompt: str) -> list[int]:
+    """The prompt's token ids as a worker tokenizes a completion prompt."""
+    tokenizer, _ = _load(model_dir)
+    return tokenizer.encode(prompt)
+
+
+def prompt_logprobs(model_dir: Path, ids: list[int]) -> list[list[float]]:
+    """Row i: the log-softmax over the vocabulary after ids[: i + 1] (what predicts ids[i + 1]),
+    from one plain forward pass over the whole prompt."""
+    import torch
+
+    _, model = _load(model_dir)
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    return torch.log_softmax(logits.float(), dim=-1).tolist()

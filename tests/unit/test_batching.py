@@ -35,8 +35,12 @@ class RecordingSink:
         self.texts.append(text)
         self.logprobs.extend(logprobs or ())
 
-    def done(self, finish_reason: str, usage: Usage) -> None:
+    def prompt(self, text: str | None, tokens: tuple | None) -> None:
+        self.prompt_text, self.prompt_tokens = text, tokens
+
+    def done(self, finish_reason: str, usage: Usage, cumulative_logprob: float | None = None) -> None:
         self.finished = Finished(finish_reason, usage)  # type: ignore[arg-type]
+        self.cumulative_logprob = cumulative_logprob
         self.done_at = time.monotonic()
 
     def error(self, code: str, message: str, param: str | None = None) -> None:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.completion_request import CreateCompletionRequest
 from gateway.errors import (
     InternalError,
     ModelNotFound,
@@ -19,7 +20,7 @@ from gateway.errors import (
     from_event,
     install_error_handlers,
 )
-from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest
+from gateway.openai_types import CreateChatCompletionRequest
 from gateway.render import ChoiceState, Envelope, TextChunks
 from gateway.reply import Format
 from protocol import ErrorEvent, TokenLogprob, TopLogprob, Usage

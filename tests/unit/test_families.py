@@ -106,6 +106,23 @@ def test_what_needs_logits_is_refused_by_name(chatglm: ChatGLMAdapter, make_engi
         with pytest.raises(UnsupportedParameter) as info:
             engine.prompt_ids(_job(messages=_chat(("user", "x")), params=params))
         assert info.value.param == name
+    # and what needs the model's logits or token ids, asked of a completion (never ignored)
+    for fields, name in (({"prompt": (1, 2, 3)}, "prompt"),
+                         ({"prompt": "x", "params": SamplingParams(prompt_logprobs=1)}, "prompt_logprobs"),
+                         ({"prompt": "x", "echo": True, "params": SamplingParams(logprobs=1, prompt_logprobs=1)}, "echo"),
+                         ({"prompt": "x", "params": SamplingParams(cumulative_logprob=True)}, "best_of")):  # fmt: skip
+        with pytest.raises(UnsupportedParameter) as info:
+            engine.prompt_ids(_job(**fields))
+        assert info.value.param == name
+
+
+def test_serial_engine_echoes_a_text_prompt_and_takes_max_tokens_0(chatglm: ChatGLMAdapter, make_engine) -> None:
+    engine = make_engine(chatglm, cls=SerialEngine)
+    sink = RecordingSink()
+    job = _job(prompt="Once upon", echo=True, params=SamplingParams(max_tokens=0))
+    request = engine.submit_job(job, engine.prompt_ids(job), sink)
+    assert request.finished.wait(60) and sink.prompt_text == "Once upon"
+    assert sink.finished.finish_reason == "length" and sink.finished.usage.completion_tokens == 0 and sink.text == ""
 
 
 def test_serial_engine_cancel_stops_the_request(chatglm: ChatGLMAdapter, make_engine) -> None:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from gateway.completion_request import CreateCompletionRequest
 from gateway.errors import InvalidRequest
-from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest
+from gateway.openai_types import CreateChatCompletionRequest
 from protocol import ChatMessage
 
 USER = [{"role": "user", "content": "Hi"}]
@@ -160,16 +161,13 @@ def test_sampling_extensions_reach_the_job() -> None:
     assert completion().to_jobs(1.0)[0].params.logprobs is None
 
 
-def test_top_logprobs_without_logprobs_and_echo_with_logprobs_are_refused() -> None:
+def test_top_logprobs_without_logprobs_is_refused() -> None:
     with pytest.raises(InvalidRequest) as info:
         chat(top_logprobs=2)
     assert info.value.param == "top_logprobs"
-    with pytest.raises(InvalidRequest) as info:
-        completion(echo=True, logprobs=1)
-    assert info.value.param == "echo"
 
 
-@pytest.mark.parametrize("prompt", [[], 5, ["x"] * 65])
+@pytest.mark.parametrize("prompt", [[], 5, ["x"] * 65, [[]], [-1], [[1], [-2]], ["a", 1], [[1]] * 65])
 def test_completion_prompt_batches_are_refused(prompt: Any) -> None:
     with pytest.raises(ValidationError):
         completion(prompt=prompt)
@@ -202,7 +200,7 @@ def test_unsupported_chat_features_are_invalid_requests_naming_the_field(field: 
 
 
 @pytest.mark.parametrize(
-    "field,value", [("best_of", 2), ("suffix", "end")]
+    "field,value", [("suffix", "end")]
 )
 def test_unsupported_completion_features_are_invalid_requests(field: str, value: Any) -> None:
     with pytest.raises(InvalidRequest) as info:

@@ -11,8 +11,9 @@ import llguidance.hf
 import pytest
 
 from bench.schemas import SCHEMAS
+from gateway.completion_request import CreateCompletionRequest
 from gateway.errors import InvalidRequest
-from gateway.openai_types import CreateChatCompletionRequest, CreateCompletionRequest
+from gateway.openai_types import CreateChatCompletionRequest
 from gateway.responses_request import CreateResponseRequest
 from gateway.structured import JSON_STYLE, tool_call
 from protocol import Constraint

@@ -14,7 +14,7 @@ import pytest
 
 from adapters import AdapterError, UnsupportedParameter
 from adapters.echo import EchoAdapter
-from gateway.openai_types import CreateCompletionRequest
+from gateway.completion_request import CreateCompletionRequest
 from gateway.structured import tool_call
 from protocol import Constraint, GenerateJob, ModelSpec, SamplingParams, Usage
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adapters import ContextLengthExceeded, EmptyPrompt, KVCacheExceeded, ModelAdapter, UnsupportedParameter
+from adapters import ModelAdapter
 from adapters.base import Detokenizer, Prefill, PromptScores
 from adapters.guidance import LANDING_TOKENS, GrammarState
 from adapters.sampling import apply_penalties, logprobs_of, make_generator, next_token
@@ -40,7 +40,8 @@ from protocol import (
     Usage,
 )
 from workers.contract import EngineBase, FinishReason, Sink
-from workers.logprobs import echo_text, prompt_logprobs_param, prompt_tokens, token_logprob, token_prompt
+from workers.intake import Intake
+from workers.logprobs import echo_text, prompt_tokens, token_logprob
 from workers.sizing import batch_slots, device_cap, prefill_tokens
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class BatchEngine(EngineBase):
         # Defaults for a request's unset temperature / top_p: the models file, then the model.
         chosen = adapter.spec.defaults.model_dump(exclude_none=True, exclude={"max_tokens"})
         self._defaults = {**adapter.default_sampling(), **chosen}
-        self._default_max_tokens = adapter.spec.defaults.max_tokens
+        self._intake = Intake(adapter, self.kv_budget, self._batch.scores_prompts)
         self.generated_tokens = 0
         self.prefill_chunk = prefill_chunk or prefill_tokens(adapter.spec, device)  # tokens one step may prefill
         self._rows: list[Sequence] = []  # in batch row order
@@ -121,65 +122,15 @@ class BatchEngine(EngineBase):
     # ---- called from request threads -------------------------------------------------------
 
     def prompt_ids(self, job: GenerateJob) -> list[int]:
-        """Tokenize the job's prompt; raise ContextLengthExceeded when no token would fit after it,
-        EmptyPrompt when there is nothing to generate from."""
-        if job.messages is not None:
-            ids = self.adapter.chat_prompt(job.messages, job.tools, job.tool_choice)
-        else:
-            ids = token_prompt(job.prompt, self.adapter.vocab_size) if isinstance(job.prompt, tuple) \
-                else self.adapter.text_prompt(job.prompt or "")
-        if not ids:
-            raise EmptyPrompt()
-        if len(ids) >= self.adapter.context_length:
-            raise ContextLengthExceeded(len(ids), self.adapter.context_length)
-        self._check_budget(job, len(ids))
-        if any(not 0 <= token < self.adapter.vocab_size for token, _ in job.params.logit_bias):
-            raise UnsupportedParameter("logit_bias", self.adapter.spec.name,
-                                       f"holds a token id outside this model's vocabulary (0..{self.adapter.vocab_size - 1})")  # fmt: skip
-        if job.params.prompt_logprobs is not None and not self._batch.scores_prompts:
-            raise UnsupportedParameter(prompt_logprobs_param(job), self.adapter.spec.name,
-                                       "(logprobs of the prompt) is not supported by model")  # fmt: skip
-        self._grammar(job)  # compiled here, in the task thread: a grammar that fails is refused before the start
-        return ids
-
-    def _grammar(self, job: GenerateJob) -> GrammarState | None:
-        """A matcher of the job's constraint (from the model's compiled grammars); None without one."""
-        if job.constraint is None:
-            return None
-        if self.adapter.grammars is None:
-            raise UnsupportedParameter(job.constraint.param, self.adapter.spec.name,
-                                       "(structured output) is not supported by model")  # fmt: skip
-        return self.adapter.grammars.state(job.constraint)
-
-    def _check_budget(self, job: GenerateJob, prompt_tokens: int) -> None:
-        """Refuse a request that could not fit in the KV cache even alone: a prompt that fills it,
-        or an explicit max_tokens beyond it (an implicit limit is cut to fit instead)."""
-        budget, prompt_param = self.kv_budget, "messages" if job.messages is not None else "prompt"
-        if budget is None:
-            return
-        if prompt_tokens >= budget:
-            raise KVCacheExceeded(prompt_tokens + 1, budget, self.adapter.spec.name, prompt_param,
-                                  f"a prompt of {prompt_tokens} and at least one new token")  # fmt: skip
-        asked = job.params.max_tokens
-        if asked is not None and prompt_tokens + self._limit(job.params, prompt_tokens) > budget:
-            raise KVCacheExceeded(prompt_tokens + asked, budget, self.adapter.spec.name, "max_tokens",
-                                  f"a prompt of {prompt_tokens} and max_tokens {asked}")  # fmt: skip
-
-    def _limit(self, params: SamplingParams, prompt_tokens: int) -> int:
-        """Most tokens a request may generate: its max_tokens (else the models file's default),
-        within the context and, for an implicit limit, within the KV cache budget."""
-        room = self.adapter.context_length - prompt_tokens
-        if params.max_tokens is not None:
-            return min(params.max_tokens, room)
-        if self.kv_budget is not None:
-            room = min(room, self.kv_budget - prompt_tokens)
-        return min(self._default_max_tokens or room, room)
+        """The job's prompt as token ids, checked (workers/intake.py); its grammar is compiled here
+        too, in the task thread, so a grammar that fails is refused before the request starts."""
+        return self._intake.prompt_ids(job)
 
     def submit_job(self, job: GenerateJob, prompt_ids: list[int], sink: Sink) -> Sequence:
         """Queue `job` (tokenized by `prompt_ids`); chats also stop at the template's boundaries."""
         extra = self.adapter.chat_stops if job.messages is not None else ()
         echo = echo_text(job, self.adapter, prompt_ids)
-        return self.submit(prompt_ids, job.params, sink, extra_stops=extra, echo=echo, grammar=self._grammar(job))
+        return self.submit(prompt_ids, job.params, sink, extra_stops=extra, echo=echo, grammar=self._intake.grammar(job))
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink, extra_stops: tuple[str, ...] = (),
                echo: str | None = None, grammar: GrammarState | None = None) -> Sequence:  # fmt: skip
@@ -189,7 +140,7 @@ class BatchEngine(EngineBase):
         seq = Sequence(
             prompt_ids=prompt_ids,
             params=params,
-            limit=self._limit(params, len(prompt_ids)),
+            limit=self._intake.limit(params, len(prompt_ids)),
             sink=sink,
             detokenizer=self.adapter.detokenizer(prompt_ids),
             stops=StopMatcher(params.stop + tuple(s for s in extra_stops if s not in params.stop)),

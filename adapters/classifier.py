@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from adapters.base import ClassifyAdapter, ContextLengthExceeded
-from adapters.hf_causal import pick_device, pick_dtype
+from adapters.embeddings import load_encoder
 from adapters.select import read_config
 from protocol import CLASSIFIES, SCORES, Capability
 
@@ -61,17 +61,11 @@ class SequenceClassifierAdapter(ClassifyAdapter):
     name = "classifier"
 
     def load(self) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         started = time.monotonic()
         path = self.model_folder()
-        self.device = pick_device(self.spec.device)
-        remote = self.spec.trust_remote_code
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
-        # float32 on CPUs: scores match the model run directly to 1e-5 (bf16 gives ~1e-2)
-        dtype = pick_dtype(self.spec.dtype, self.device, cpu_bf16=False)
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, trust_remote_code=remote)
-        self.model = model.to(self.device).eval()
+        self.device, self.tokenizer, self.model = load_encoder(self.spec, path, AutoModelForSequenceClassification)
         config = self.model.config
         if config.pad_token_id is None:  # decoder classifiers find each row's last token by its padding
             config.pad_token_id = self._pad_id

@@ -15,8 +15,22 @@ import torch
 
 from adapters.base import AdapterError, ContextLengthExceeded, EmbedAdapter
 from adapters.hf_causal import pick_device, pick_dtype
+from protocol import ModelSpec
 
 log = logging.getLogger(__name__)
+
+
+def load_encoder(spec: ModelSpec, path: Path, auto_class: Any) -> tuple[torch.device, Any, Any]:
+    """(device, tokenizer, model in eval mode) of an encoder folder, by `auto_class` (AutoModel,
+    AutoModelForSequenceClassification).  float32 on CPUs: results must match sentence-transformers'
+    and the model run directly to 1e-5 (bf16 gives ~1e-2)."""
+    from transformers import AutoTokenizer
+
+    device = pick_device(spec.device)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    dtype = pick_dtype(spec.dtype, device, cpu_bf16=False)
+    model = auto_class.from_pretrained(path, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+    return device, tokenizer, model.to(device).eval()
 
 
 class EmbeddingAdapter(EmbedAdapter):
@@ -26,17 +40,11 @@ class EmbeddingAdapter(EmbedAdapter):
     name = "embeddings"
 
     def load(self) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         started = time.monotonic()
         path = self.model_folder()
-        self.device = pick_device(self.spec.device)
-        remote = self.spec.trust_remote_code
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
-        # float32 on CPUs: vectors should match sentence-transformers' own to 1e-5 (bf16 gives ~1e-2)
-        dtype = pick_dtype(self.spec.dtype, self.device, cpu_bf16=False)
-        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=remote)
-        self.model = model.to(self.device).eval()
+        self.device, self.tokenizer, self.model = load_encoder(self.spec, path, AutoModel)
         self.pooling, self.normalize, max_length = _sentence_transformers_setup(path)
         native = max_length or getattr(self.model.config, "max_position_embeddings", 512)
         self._context = min(native, self.spec.max_context) if self.spec.max_context else native

@@ -14,6 +14,8 @@ never from its class.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -29,6 +31,7 @@ from protocol import (
     TokenLogprob,
     Usage,
 )
+from workers.sizing import EMBED_SLOTS
 
 FinishReason = Literal["stop", "length"]
 
@@ -93,6 +96,44 @@ class EngineBase:
 
     def card(self) -> ModelCard:
         return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length)
+
+
+class TakingTurns(EngineBase):
+    """Engines whose requests take turns on the model, each run whole (embeddings, classifiers):
+    `slots` requests in hand, one computing at a time (`turn()`); the task threads wait theirs.
+    Events are published by the tasks themselves: nothing to flush or keep alive."""
+
+    def __init__(self, adapter: Any, slots: int | None = None, on_step_end: Any = None, keepalive: float = 5.0) -> None:
+        self.adapter = adapter
+        self.slots = slots or EMBED_SLOTS
+        self._lock = threading.Lock()  # the model: one request at a time
+        self._active = 0
+        self.tokens_read = 0
+
+    @staticmethod
+    def pool_slots(spec: ModelSpec) -> int:
+        return spec.slots or EMBED_SLOTS
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.slots - self._active)
+
+    def stats(self) -> dict[str, int]:
+        """"tokens" counts the tokens read (these models generate none)."""
+        return {"running": self._active, "slots": self.slots, "tokens": self.tokens_read}
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Hold the model for one request (counted as running while it waits and computes)."""
+        self._active += 1
+        try:
+            with self._lock:
+                yield
+        finally:
+            self._active -= 1
+
+    def close(self) -> None:
+        pass
 
 
 class Submitted(Protocol):

@@ -4,13 +4,10 @@ one request at a time on the model; the task threads wait their turn."""
 from __future__ import annotations
 
 import base64
-import threading
-from collections.abc import Callable
 
-from adapters import AdapterError, EmbedAdapter
-from protocol import EMBEDS, EmbedJob, ModelSpec
-from workers.contract import EngineBase
-from workers.sizing import EMBED_SLOTS
+from adapters import AdapterError
+from protocol import EMBEDS, EmbedJob
+from workers.contract import TakingTurns
 
 CHUNK = 64  # rows per forward pass
 
@@ -19,30 +16,10 @@ class DimensionsNotSupported(AdapterError):
     param = "dimensions"
 
 
-class EmbeddingEngine(EngineBase):
+class EmbeddingEngine(TakingTurns):
     """The engine of embed adapters: requests take turns on the model."""
 
     capabilities = EMBEDS
-
-    def __init__(self, adapter: EmbedAdapter, slots: int | None = None, on_step_end: Callable[[], None] = lambda: None,
-                 keepalive: float = 5.0) -> None:  # fmt: skip
-        self.adapter = adapter  # events are published by the task itself: nothing to flush or keep alive
-        self.slots = slots or EMBED_SLOTS
-        self._lock = threading.Lock()
-        self._active = 0
-        self.tokens_read = 0
-
-    @staticmethod
-    def pool_slots(spec: ModelSpec) -> int:
-        return spec.slots or EMBED_SLOTS
-
-    @property
-    def free_slots(self) -> int:
-        return max(0, self.slots - self._active)
-
-    def stats(self) -> dict[str, int]:
-        """"tokens" counts the tokens read (embeddings generate none)."""
-        return {"running": self._active, "slots": self.slots, "tokens": self.tokens_read}
 
     def run(self, job: EmbedJob) -> tuple[tuple[str, ...], int]:
         """(each input's vector as base64 little-endian float32, tokens read)."""
@@ -52,15 +29,8 @@ class EmbeddingEngine(EngineBase):
                 f"shorten them; leave 'dimensions' out or set it to {self.adapter.dimensions}."
             )
         rows = self.adapter.token_ids(job.inputs)
-        self._active += 1
-        try:
-            with self._lock:
-                vectors = [v for i in range(0, len(rows), CHUNK) for v in self.adapter.embed(rows[i : i + CHUNK])]
-        finally:
-            self._active -= 1
+        with self.turn():
+            vectors = [v for i in range(0, len(rows), CHUNK) for v in self.adapter.embed(rows[i : i + CHUNK])]
         self.tokens_read += sum(len(r) for r in rows)
         encoded = tuple(base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() for v in vectors)
         return encoded, sum(len(r) for r in rows)
-
-    def close(self) -> None:
-        pass

@@ -7,14 +7,13 @@ import threading
 from collections.abc import Callable
 
 from adapters import ClassifyAdapter
-from protocol import SCORES, ModelSpec, ScoreJob
-from workers.contract import EngineBase, Scored
-from workers.sizing import EMBED_SLOTS
+from protocol import SCORES, ScoreJob
+from workers.contract import Scored, TakingTurns
 
 CHUNK = 32  # rows per forward pass
 
 
-class ScoringEngine(EngineBase):
+class ScoringEngine(TakingTurns):
     """The engine of classify adapters: requests take turns on the model.  Its capabilities are
     its model's ("classify", and "score" for a cross-encoder)."""
 
@@ -22,40 +21,17 @@ class ScoringEngine(EngineBase):
 
     def __init__(self, adapter: ClassifyAdapter, slots: int | None = None, on_step_end: Callable[[], None] = lambda: None,
                  keepalive: float = 5.0) -> None:  # fmt: skip
-        self.adapter = adapter  # events are published by the task itself: nothing to flush or keep alive
+        super().__init__(adapter, slots)
         self.capabilities = adapter.capabilities
-        self.slots = slots or EMBED_SLOTS
-        self._lock = threading.Lock()  # the model: one request at a time
         self._tokenizing = threading.Lock()  # a fast tokenizer is not safe to share between threads
-        self._active = 0
-        self.tokens_read = 0
-
-    @staticmethod
-    def pool_slots(spec: ModelSpec) -> int:
-        return spec.slots or EMBED_SLOTS
-
-    @property
-    def free_slots(self) -> int:
-        return max(0, self.slots - self._active)
-
-    def stats(self) -> dict[str, int]:
-        """"tokens" counts the tokens read (classifiers generate none)."""
-        return {"running": self._active, "slots": self.slots, "tokens": self.tokens_read}
 
     def run(self, job: ScoreJob) -> Scored:
         """Every row's outputs; raises ContextLengthExceeded (naming the row) for one too long."""
         with self._tokenizing:
             encoded = self.adapter.encode(job.texts, job.param)
-        self._active += 1
-        try:
-            with self._lock:
-                values = [row for i in range(0, len(encoded), CHUNK)
-                          for row in self.adapter.predict(encoded[i : i + CHUNK]).tolist()]  # fmt: skip
-        finally:
-            self._active -= 1
+        with self.turn():
+            values = [row for i in range(0, len(encoded), CHUNK)
+                      for row in self.adapter.predict(encoded[i : i + CHUNK]).tolist()]  # fmt: skip
         tokens = sum(len(row["input_ids"]) for row in encoded)
         self.tokens_read += tokens
         return Scored(tuple(tuple(row) for row in values), self.adapter.labels, tokens)
-
-    def close(self) -> None:
-        pass

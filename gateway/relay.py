@@ -14,7 +14,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import redis.exceptions
@@ -28,6 +28,7 @@ from gateway.errors import (
     InternalError,
     RateLimited,
     ServiceUnavailable,
+    from_event,
     queue_unavailable,
 )
 from gateway.metrics import Metrics, RequestTrace
@@ -37,6 +38,7 @@ from gateway.tenants import BATCH_PRIORITY, FairShare, current_tenant
 from protocol import (
     FINAL_EVENTS,
     EmbedJob,
+    ErrorEvent,
     Event,
     GenerateJob,
     KeepAliveEvent,
@@ -57,6 +59,7 @@ _POLL_SECONDS = 1.0  # how often a silent wait re-checks the workers' heartbeats
 ClientGone = Callable[[], Awaitable[bool]]
 OnLeave = Callable[[], Awaitable[None]]  # a kept job's reader left before the end (instead of cancelling)
 AnyJob = GenerateJob | EmbedJob | ScoreJob | TokenizeJob  # each names its task (TASK)
+E = TypeVar("E")
 
 
 class Relay:
@@ -75,6 +78,17 @@ class Relay:
         self.registry = registry
         self.queue_timeout = queue_timeout
         self.idle_timeout = idle_timeout
+
+    async def answer(self, job: AnyJob, answer: type[E], client_gone: ClientGone | None = None) -> E:
+        """Queue a job answered by one event (embeddings, scores, tokens) and wait for it; an
+        error event is raised as the API error it stands for."""
+        async with await self.submit(job, client_gone) as events:
+            async for event in events:
+                if isinstance(event, ErrorEvent):
+                    raise from_event(event)
+                if isinstance(event, answer):
+                    return event
+        raise InternalError("The worker ended the request without an answer.")
 
     async def submit(self, job: AnyJob, client_gone: ClientGone | None = None,
                      on_leave: OnLeave | None = None) -> EventStream:  # fmt: skip

@@ -11,34 +11,23 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import InvalidRequest
-from gateway.openai_types import unencodable_text
+from gateway.openai_types import _Request
 from gateway.settings import GatewaySettings
 from protocol import ScoreJob, ScoreMode, ScoresEvent
 
 MAX_SCORE_INPUTS = 2048  # texts to classify, or pairs to score, per request (as /v1/embeddings' inputs)
 
 
-class _ScoringRequest(BaseModel):
-    """Unknown fields are ignored (vLLM's extras such as truncate_prompt_tokens are not served);
-    text must be valid Unicode."""
-
-    model_config = ConfigDict(extra="ignore")
+class _ScoringRequest(_Request):
+    """What the three requests share (as every request body: unknown fields ignored, valid Unicode)."""
 
     model: Annotated[str, Field(min_length=1)]
     user: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
-        if (where := unencodable_text(data)) is not None:
-            raise InvalidRequest(f"Invalid value for '{where}': the text holds a lone surrogate (such as \\ud800), "
-                                 "which is not valid Unicode.", param=where)  # fmt: skip
-        return data
 
     def _job(self, prefix: str, mode: ScoreMode, rows: list[tuple[str, ...]], param: str,
              limits: GatewaySettings) -> ScoreJob:  # fmt: skip

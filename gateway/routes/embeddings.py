@@ -6,10 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.deps import HttpLabelsDep, RelayDep, SettingsDep
-from gateway.errors import InternalError, from_event
 from gateway.openai_types import CreateEmbeddingRequest
 from gateway.render import embedding_body
-from protocol import EmbeddingsEvent, ErrorEvent
+from protocol import EmbeddingsEvent
 
 router = APIRouter()
 
@@ -19,11 +18,6 @@ async def create_embedding(body: CreateEmbeddingRequest, request: Request, relay
                            labels: HttpLabelsDep) -> Response:  # fmt: skip
     labels.model = relay.registry.metric_label(body.model)
     job = body.to_job(settings)
-    async with await relay.submit(job, request.is_disconnected) as events:
-        async for event in events:
-            if isinstance(event, ErrorEvent):
-                raise from_event(event)
-            if isinstance(event, EmbeddingsEvent):
-                answer = embedding_body(event, job.model, body.encoding_format)
-                return Response(answer.to_json(), media_type="application/json", headers={"X-Request-Id": job.request_id})
-    raise InternalError("The worker ended the request without an answer.")
+    event = await relay.answer(job, EmbeddingsEvent, request.is_disconnected)
+    answer = embedding_body(event, job.model, body.encoding_format)
+    return Response(answer.to_json(), media_type="application/json", headers={"X-Request-Id": job.request_id})

@@ -8,7 +8,6 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from gateway.deps import HttpLabelsDep, RelayDep, SettingsDep
-from gateway.errors import InternalError, from_event
 from gateway.relay import Relay
 from gateway.scoring_types import (
     ClassificationRequest,
@@ -18,20 +17,13 @@ from gateway.scoring_types import (
     rerank_body,
     score_body,
 )
-from protocol import ErrorEvent, ScoreJob, ScoresEvent
+from protocol import ScoreJob, ScoresEvent
 
 router = APIRouter()
 
 
 async def _scores(relay: Relay, request: Request, job: ScoreJob) -> ScoresEvent:
-    """Queue the job and wait for its one answer."""
-    async with await relay.submit(job, request.is_disconnected) as events:
-        async for event in events:
-            if isinstance(event, ErrorEvent):
-                raise from_event(event)
-            if isinstance(event, ScoresEvent):
-                return event
-    raise InternalError("The worker ended the request without an answer.")
+    return await relay.answer(job, ScoresEvent, request.is_disconnected)
 
 
 def _json(body: BaseModel, job: ScoreJob, exclude_none: bool = False) -> Response:

@@ -12,11 +12,11 @@ from fastapi.responses import Response
 from pydantic import Field, model_validator
 
 from gateway.deps import HttpLabelsDep, RelayDep, SettingsDep
-from gateway.errors import InternalError, InvalidRequest, from_event
+from gateway.errors import InvalidRequest
 from gateway.openai_responses import OpenAIBody
 from gateway.openai_types import ChatCompletionRequestMessage, _Request
 from gateway.relay import Relay
-from protocol import ErrorEvent, TokenizedEvent, TokenizeJob
+from protocol import TokenizedEvent, TokenizeJob
 
 router = APIRouter()
 
@@ -71,13 +71,7 @@ def _job_fields(model: str, queue_timeout: float) -> dict:
 
 
 async def _answer(relay: Relay, job: TokenizeJob, request: Request) -> TokenizedEvent:
-    async with await relay.submit(job, request.is_disconnected) as events:
-        async for event in events:
-            if isinstance(event, ErrorEvent):
-                raise from_event(event)
-            if isinstance(event, TokenizedEvent):
-                return event
-    raise InternalError("The worker ended the request without an answer.")
+    return await relay.answer(job, TokenizedEvent, request.is_disconnected)
 
 
 @router.post("/tokenize", response_model=None)

@@ -98,8 +98,9 @@ class Grammars:
         self._executor = llguidance.LLExecutor(max(1, min(4, os.cpu_count() or 1)))
         self.hits = self.misses = 0
 
-    def state(self, constraint: Constraint) -> GrammarState:
-        """A fresh start in `constraint`'s grammar for one request; InvalidGrammar when it does not compile."""
+    def compile(self, constraint: Constraint) -> tuple[llguidance.LLMatcher, Vocabulary]:
+        """`constraint`'s compiled grammar (kept, not to be advanced) and the vocabulary it reads;
+        InvalidGrammar when it does not compile."""
         with self._lock:
             if self._vocabulary is None:
                 try:
@@ -112,7 +113,7 @@ class Grammars:
             if compiled is not None:
                 self._compiled.move_to_end(constraint.grammar)
                 self.hits += 1
-                return GrammarState(compiled.deep_copy(), vocabulary)
+                return compiled, vocabulary
         compiled = llguidance.LLMatcher(vocabulary.tokenizer, constraint.grammar)  # outside the lock: others go on
         if compiled.is_error():
             raise InvalidGrammar(constraint, compiled.get_error())
@@ -121,7 +122,12 @@ class Grammars:
             self._compiled[constraint.grammar] = compiled
             while len(self._compiled) > CACHED_GRAMMARS:
                 self._compiled.popitem(last=False)
-            return GrammarState(compiled.deep_copy(), vocabulary)
+        return compiled, vocabulary
+
+    def state(self, constraint: Constraint) -> GrammarState:
+        """A fresh start in `constraint`'s grammar for one request (a copy of the compiled one)."""
+        compiled, vocabulary = self.compile(constraint)
+        return GrammarState(compiled.deep_copy(), vocabulary)
 
     def mask(self, states: Sequence[GrammarState], logits: torch.Tensor, landing: Sequence[bool] = ()) -> torch.Tensor:
         """`logits` (one row per state) with every token its grammar forbids at -inf (a new

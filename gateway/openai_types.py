@@ -19,7 +19,7 @@ from gateway.jobs import metadata_of
 from gateway.keep import Keep
 from gateway.reply import Format, Generation, Reply
 from gateway.settings import GatewaySettings
-from gateway.structured import StructuredFields, only_one, tool_call
+from gateway.structured import StructuredFields, forced_call, only_one
 from gateway.tool_types import (
     ChatCompletionTool,
     NamedToolChoice,
@@ -303,11 +303,8 @@ class CreateChatCompletionRequest(_GenerationRequest):
     def constraint(self) -> Constraint | None:
         """The grammar the reply must match: the response format's, a forced tool call's, or an
         extension's (one at most)."""
-        forced = None
-        name = choice_name(self.tool_choice) if self.tools else None
-        if name is not None and name != "auto":
-            functions = [t.function.model_dump(exclude_none=True) for t in self.tools or []]
-            forced = tool_call(functions, None if name == "required" else name, self.parallel_tool_calls is True)
+        functions = [t.function.model_dump(exclude_none=True) for t in self.tools or []]
+        forced = forced_call(functions, choice_name(self.tool_choice) if self.tools else None, self.parallel_tool_calls)
         fmt = self.response_format.constraint() if self.response_format else None
         return only_one(fmt, forced, self.extension_constraint())
 

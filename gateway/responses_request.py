@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 from gateway.errors import InvalidRequest
 from gateway.openai_types import _Request
 from gateway.settings import GatewaySettings
-from gateway.structured import only_one, tool_call
+from gateway.structured import forced_call, only_one
 from gateway.tool_types import JsonSchemaFormat, ResponseFormat
 from protocol import ChatMessage, Constraint, GenerateJob, SamplingParams, ToolCall, with_system_text
 
@@ -125,10 +125,8 @@ class CreateResponseRequest(_Request):
     def constraint(self) -> Constraint | None:
         """The grammar the output must match: text.format's or a forced tool call's (one at most)."""
         fmt = self.response_format().constraint("text.format")
-        forced, name = None, self.choice_name
-        if name is not None and name != "auto":
-            functions = [{"name": t["name"], "parameters": t.get("parameters")} for t in self.tools or []]
-            forced = tool_call(functions, None if name == "required" else name, self.parallel_tool_calls is True)
+        functions = [{"name": t["name"], "parameters": t.get("parameters")} for t in self.tools or []]
+        forced = forced_call(functions, self.choice_name, self.parallel_tool_calls)
         return only_one(fmt, forced)
 
     def input_items(self) -> list[dict[str, Any]]:

@@ -119,6 +119,14 @@ def tool_call(functions: list[dict[str, Any]], name: str | None, parallel: bool,
     return _checked(grammar, "tool_call", param, culprit="tools")
 
 
+def forced_call(functions: list[dict[str, Any]], choice: str | None, parallel: bool | None) -> Constraint | None:
+    """The grammar of a tool_choice ("required", or a function's name) over the offered
+    `functions`; None when the model may answer freely ("auto") or no tools are offered (None)."""
+    if choice is None or choice == "auto":
+        return None
+    return tool_call(functions, None if choice == "required" else choice, parallel is True)
+
+
 def _call_schema(function: dict[str, Any]) -> dict[str, Any]:
     parameters = function.get("parameters") or {"type": "object"}
     return {"type": "object", "properties": {"name": {"const": function["name"]}, "arguments": parameters},

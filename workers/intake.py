@@ -6,7 +6,7 @@ the decode loop).  Each failure is an AdapterError the client caused: a 400 nami
 from __future__ import annotations
 
 from adapters import ContextLengthExceeded, EmptyPrompt, KVCacheExceeded, ModelAdapter, UnsupportedParameter
-from adapters.guidance import GrammarState
+from adapters.guidance import Grammars, GrammarState
 from protocol import GenerateJob, SamplingParams
 from workers.logprobs import prompt_logprobs_param, token_prompt
 
@@ -37,17 +37,20 @@ class Intake:
         if job.params.prompt_logprobs is not None and not self._scores_prompts:
             raise UnsupportedParameter(prompt_logprobs_param(job), self.adapter.spec.name,
                                        "(logprobs of the prompt) is not supported by model")  # fmt: skip
-        self.grammar(job)  # compiled here, in the task thread: a grammar that fails is refused before the start
+        if job.constraint is not None:  # compiled here, in the task thread: one that fails is refused before the start
+            self._grammars(job).compile(job.constraint)
         return ids
 
     def grammar(self, job: GenerateJob) -> GrammarState | None:
-        """A matcher of the job's constraint (from the model's compiled grammars); None without one."""
-        if job.constraint is None:
-            return None
+        """The job's own start in its constraint's grammar (compiled by `prompt_ids`); None without one."""
+        return None if job.constraint is None else self._grammars(job).state(job.constraint)
+
+    def _grammars(self, job: GenerateJob) -> Grammars:
+        assert job.constraint is not None
         if self.adapter.grammars is None:
             raise UnsupportedParameter(job.constraint.param, self.adapter.spec.name,
                                        "(structured output) is not supported by model")  # fmt: skip
-        return self.adapter.grammars.state(job.constraint)
+        return self.adapter.grammars
 
     def _check_budget(self, job: GenerateJob, prompt_tokens: int) -> None:
         """Refuse a request that could not fit in the KV cache even alone: a prompt that fills it,

@@ -54,28 +54,16 @@ def run_tokenize_job(state: WorkerState, payload: dict[str, Any]) -> None:
     param = "tokens" if isinstance(payload, dict) and payload.get("tokens") is not None else "prompt"
     with _error_boundary(state, payload, param) as publisher:
         job = TokenizeJob.model_validate(payload)
-        if job.expired:
-            publisher.error("expired", "the request expired before a worker was free")
-            return
-        engine = _engine_that_can(state, job.model, job.capability, publisher)
-        if engine is None:
-            return
-        publisher.start(worker=state.worker_id, prompt_tokens=0)
-        answer_tokenize(engine, job, publisher)
+        if (engine := _started(state, job, job.capability, publisher)) is not None:
+            answer_tokenize(engine, job, publisher)
 
 
 def run_embed_job(state: WorkerState, payload: dict[str, Any]) -> None:
     with _error_boundary(state, payload, "input") as publisher:
         job = EmbedJob.model_validate(payload)
-        if job.expired or state.redis.exists(cancel_key_for(job.request_id)):
-            publisher.error("expired", "the request expired before a worker was free")
-            return
-        engine = _engine_that_can(state, job.model, "embeddings", publisher)
-        if engine is None:
-            return
-        publisher.start(worker=state.worker_id, prompt_tokens=0)
-        vectors, tokens = cast(EmbedEngine, engine).run(job)
-        publisher.embeddings(vectors, tokens)
+        if (engine := _started(state, job, "embeddings", publisher)) is not None:
+            vectors, tokens = cast(EmbedEngine, engine).run(job)
+            publisher.embeddings(vectors, tokens)
 
 
 @shared_task(name=TASK_SCORE, bind=True)
@@ -88,21 +76,28 @@ def run_score_job(state: WorkerState, payload: dict[str, Any]) -> None:
     param = payload.get("param") if isinstance(payload, dict) else None
     with _error_boundary(state, payload, param if isinstance(param, str) else "input") as publisher:
         job = ScoreJob.model_validate(payload)
-        if job.expired or state.redis.exists(cancel_key_for(job.request_id)):
-            publisher.error("expired", "the request expired before a worker was free")
-            return
-        engine = _engine_that_can(state, job.model, job.capability, publisher)
-        if engine is None:
-            return
-        publisher.start(worker=state.worker_id, prompt_tokens=0)
-        scored = cast(ScoreEngine, engine).run(job)
-        publisher.scores(scored.rows, scored.labels, scored.tokens)
+        if (engine := _started(state, job, job.capability, publisher)) is not None:
+            scored = cast(ScoreEngine, engine).run(job)
+            publisher.scores(scored.rows, scored.labels, scored.tokens)
 
 
 def run_job(state: WorkerState, payload: dict[str, Any]) -> None:
     prompt_param = "messages" if isinstance(payload, dict) and payload.get("messages") else "prompt"
     with _error_boundary(state, payload, prompt_param) as publisher:
         _generate(state, GenerateJob.model_validate(payload), publisher)
+
+
+def _started(state: WorkerState, job: EmbedJob | ScoreJob | TokenizeJob, capability: Capability,
+             publisher: EventPublisher) -> Engine | None:  # fmt: skip
+    """For jobs answered by one event: the engine to run `job` on, its start event sent; None when
+    the client heard why not (expired or cancelled before a worker was free, no such model here)."""
+    if job.expired or state.redis.exists(cancel_key_for(job.request_id)):
+        publisher.error("expired", "the request expired before a worker was free")
+        return None
+    engine = _engine_that_can(state, job.model, capability, publisher)
+    if engine is not None:
+        publisher.start(worker=state.worker_id, prompt_tokens=0)
+    return engine
 
 
 def _engine_that_can(state: WorkerState, model: str, capability: Capability, publisher: EventPublisher) -> Engine | None:

@@ -60,6 +60,7 @@ class JobRecord(BaseModel):
     metadata: dict[str, str] = {}
     reply: dict[str, Any] = {}  # chat/completions: how to present it (gateway.reply.Reply's fields)
     request: dict[str, Any] = {}  # what was asked, as each endpoint needs it back (messages, input items)
+    ttl: int | None = None  # seconds its keys live after the end: the saving gateway's, whoever ends it
 
 
 class JobStore:
@@ -69,9 +70,14 @@ class JobStore:
         self.metrics = metrics
         self.ttl = ttl  # seconds a job's keys live after its last event
 
+    def ttl_of(self, record: JobRecord) -> int:
+        """Seconds a job's keys live after its end: what the gateway that kept it was set to (another
+        gateway sweeping the same Redis may be set otherwise); this one's for records without."""
+        return record.ttl if record.ttl is not None else self.ttl
+
     def record_ttl(self, record: JobRecord) -> int:
         """A record outlives the wait in the queue plus its log's TTL (renewed when it ends)."""
-        return int(max(0.0, record.expires_at - time.time())) + self.ttl
+        return int(max(0.0, record.expires_at - time.time())) + self.ttl_of(record)
 
     @staticmethod
     def cancel_ttl(record: JobRecord) -> int:
@@ -79,6 +85,8 @@ class JobStore:
         return int(max(0.0, record.expires_at - time.time())) + 60
 
     async def save(self, record: JobRecord) -> None:
+        if record.ttl is None:
+            record.ttl = self.ttl
         ttl = self.record_ttl(record)
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(job_record_key(record.id), record.model_dump_json(), ex=ttl)
@@ -146,7 +154,7 @@ class JobStore:
             await self.settle(record)
             return False
         pipe = self.redis.pipeline(transaction=False)
-        pipe.expire(event_log_key(record.request_id), self.ttl)
+        pipe.expire(event_log_key(record.request_id), self.ttl_of(record))
         pipe.publish(channel_for(record.request_id), encode_event(final))
         await pipe.execute()
         await self.finished(record)
@@ -155,7 +163,7 @@ class JobStore:
     async def finished(self, record: JobRecord) -> None:
         """The job ended: its record lives as long as its log, the sweep forgets it."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.expire(job_record_key(record.id), self.ttl)
+        pipe.expire(job_record_key(record.id), self.ttl_of(record))
         pipe.zrem(UNFINISHED_KEY, record.id)
         await pipe.execute()
 

@@ -29,6 +29,7 @@ from protocol import (
     channel_for,
     encode_event,
     event_log_key,
+    job_record_key,
     live_workers_key,
     log_entry_id,
 )
@@ -196,6 +197,23 @@ async def test_a_job_whose_worker_died_is_ended_once_as_failed(store: JobStore, 
     assert isinstance(settled[-1], ErrorEvent) and settled[-1].code == "worker_lost" and settled[-1].seq == 2
     assert await store.settled(job) == settled  # idempotent
     assert await store.unfinished() == []
+
+
+async def test_a_job_keeps_the_ttl_of_the_gateway_that_kept_it_whoever_ends_it(store: JobStore, redis: FakeRedis) -> None:
+    """Two gateways on one Redis may be set to different TTLs; the one that sweeps a finished job
+    first must not give its record (and log) its own."""
+    short = JobStore(redis, store.registry, ttl=2)
+    job = record()
+    await short.save(job)
+    await log(redis, job.request_id, *events_of("a"))
+    await store.settle((await store.get(job.id)) or job)  # the other gateway (ttl 60) notices the end
+    assert 0 < await redis.ttl(job_record_key(job.id)) <= 2
+    dead = job.model_copy(update={"id": "resp_d", "request_id": "resp_d"})
+    await short.save(dead)
+    await log(redis, dead.request_id, *events_of("a")[:1])
+    await store.end_with((await store.get(dead.id)) or dead, ErrorEvent(seq=1, code="worker_lost", message="gone"))
+    assert 0 < await redis.ttl(event_log_key(dead.request_id)) <= 2
+    assert 0 < await redis.ttl(job_record_key(dead.id)) <= 2
 
 
 async def test_a_late_worker_event_wins_over_the_gateways_verdict(store: JobStore, redis: FakeRedis) -> None:

@@ -9,12 +9,15 @@ TORCH_SPEC ?= torch==2.13.0
 MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 EMBEDDING_MODEL := models/all-MiniLM-L6-v2
 
-.PHONY: run test venv model browser unit integration bench soak gpu-check clean
+# The engine of the default model: empty for the models file's choice (transformers), or llama-cpp.
+ENGINE ?=
 
-run: venv model
-	$(PY) scripts/run_stack.py
+.PHONY: run test venv model browser llama-cpp llama-cpp-if-possible unit integration bench soak gpu-check clean
 
-test: venv model browser
+run: venv model $(if $(filter llama-cpp,$(ENGINE)),llama-cpp)
+	$(if $(ENGINE),QUEUECHAT_ENGINE=$(ENGINE)) $(PY) scripts/run_stack.py
+
+test: venv model browser llama-cpp-if-possible
 	$(PY) -m pytest -ra
 
 unit: venv
@@ -53,6 +56,15 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium \
 	  || echo "could not install chromium: the chat page test will be skipped (it fails under CI)"; }
+
+# llama.cpp's server for the llama-cpp engine, built once per machine from the source that
+# PyPI's llama-cpp-python carries (~4 minutes on 2 cores; kept in ~/.cache/queuechat/llama.cpp).
+llama-cpp: venv
+	$(PY) scripts/build_llama_cpp.py
+
+# `make test` builds it too, but goes on without it: the llama-cpp engine's tests are then skipped.
+llama-cpp-if-possible: venv
+	@$(PY) scripts/build_llama_cpp.py || echo "could not build llama.cpp: the llama-cpp engine tests will be skipped"
 
 $(MODEL_FILE): | venv
 	$(PY) scripts/fetch_models.py smollm2

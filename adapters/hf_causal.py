@@ -165,9 +165,12 @@ class HfCausalAdapter(ModelAdapter):
                 raise ModelLoadError(f"model {self.spec.name!r}: {exc.args[0]}") from None
         if self.tokenizer.chat_template:
             return None
-        template = default_template(getattr(self.model.config, "model_type", None))
+        template = default_template(self._model_type())
         log.warning("%s has no chat template; using the %r template", self.spec.name, template.name)
         return template
+
+    def _model_type(self) -> str | None:
+        return getattr(self.model.config, "model_type", None)
 
     @property
     def chat_stops(self) -> tuple[str, ...]:

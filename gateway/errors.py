@@ -108,6 +108,7 @@ _EVENT_ERRORS: dict[str, type[APIError]] = {
     "cancelled": ServiceUnavailable,
     "internal_error": InternalError,
     "worker_lost": ServiceUnavailable,
+    "engine_lost": ServiceUnavailable,
 }
 
 

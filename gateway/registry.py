@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -12,6 +13,7 @@ from gateway.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from protocol import (
     MODELS_SEEN_KEY,
     Capability,
+    Feature,
     ModelCard,
     ModelFailure,
     ModelsFile,
@@ -89,9 +91,11 @@ class Registry:
             pipe.hmget(cards_key(model), live[model])
         return {model: _merged(cards) for model, cards in zip(models, await pipe.execute())}
 
-    async def require_live(self, model: str, capability: Capability | None = None) -> None:
+    async def require_live(self, model: str, capability: Capability | None = None,
+                           features: Mapping[Feature, str] | None = None) -> None:  # fmt: skip
         """Raise 404 for a model nobody knows, 503 for a known model that no live worker serves,
-        400 (naming `model`) when its live workers say it cannot do `capability`."""
+        400 (naming `model`) when its live workers say it cannot do `capability`, and 400 naming
+        the parameter when one of them cannot give one of `features` (feature -> parameter)."""
         since = await self._now() - self._ttl
         pipe = self._redis.pipeline(transaction=False)
         pipe.zrangebyscore(live_workers_key(model), since, "+inf")
@@ -103,6 +107,10 @@ class Registry:
                 raise InvalidRequest(f"Model '{model}' does not support {_NAMES[capability]}; it serves "
                                      f"{', '.join(_NAMES[c] for c in card.capabilities)}.", param="model",
                                      code="model_not_supported")  # fmt: skip
+            refused = next((p for f, p in (features or {}).items() if card is not None and f in card.unsupported), None)
+            if refused is not None and card is not None:
+                raise InvalidRequest(f"'{refused}' is not supported by model '{model}' (engine {card.engine}).",
+                                     param=refused, code="unsupported_parameter")  # fmt: skip
             return
         if model not in await self.known_models():
             raise ModelNotFound(model)
@@ -165,7 +173,11 @@ def _merged(raw_cards: list[bytes | str | None]) -> ModelCard | None:
         return None
     capabilities = tuple(dict.fromkeys(c for card in cards for c in card.capabilities))
     lengths = [card.max_model_len for card in cards if card.max_model_len is not None]
-    return ModelCard(capabilities=capabilities, max_model_len=min(lengths) if lengths else None)
+    # A request may land on any of the workers: what one cannot give, the model cannot.
+    unsupported = tuple(dict.fromkeys(f for card in cards for f in card.unsupported))
+    engines = "/".join(dict.fromkeys(card.engine for card in cards if card.engine)) or None
+    return ModelCard(capabilities=capabilities, max_model_len=min(lengths) if lengths else None, engine=engines,
+                     unsupported=unsupported)  # fmt: skip
 
 
 def _text(value: bytes | str) -> str:

@@ -40,6 +40,7 @@ from protocol import (
     EmbedJob,
     ErrorEvent,
     Event,
+    Feature,
     GenerateJob,
     KeepAliveEvent,
     ScoreJob,
@@ -51,6 +52,7 @@ from protocol import (
     event_log_key,
     log_entry_id,
 )
+from protocol.features import requested_features
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ class Relay:
         closed before the end cancels the job, unless `on_leave` says what to do instead."""
         tenant = current_tenant.get()
         try:
-            await self.registry.require_live(job.model, job.capability)
+            await self.registry.require_live(job.model, job.capability, _features(job))
             priority = await self.fair.admit(tenant, job.model, job.request_id) if tenant and self.fair else None
             try:
                 await self._admit(job.model)  # counted in _sending until it is in the list
@@ -137,7 +139,7 @@ class Relay:
         are not counted against `max_queue`: interactive requests start first and never get a
         429 because of a batch."""
         try:
-            await self.registry.require_live(job.model, job.capability)
+            await self.registry.require_live(job.model, job.capability, _features(job))
             if batch:
                 await anyio.to_thread.run_sync(partial(self._send, job, BATCH_PRIORITY))
                 if self.metrics is not None:
@@ -381,3 +383,8 @@ class EventStream:
                 log.warning("could not tell the worker to stop %s: %s", request_id, exc)
             if self._inbox is not None:
                 await self._relay.subscriber.close(self._inbox)
+
+
+def _features(job: AnyJob) -> dict[Feature, str]:
+    """What a generation job needs of the model's engine beyond text (checked against its card)."""
+    return requested_features(job) if isinstance(job, GenerateJob) else {}

@@ -7,7 +7,7 @@ agrees on (`protocol.settings`).  Depends on pydantic (and PyYAML for the models
 importing it builds no Celery app, opens no connection and loads no model code.
 """
 
-from protocol.cards import CLASSIFIES, EMBEDS, GENERATES, SCORES, Capability, ModelCard, ModelFailure
+from protocol.cards import CLASSIFIES, EMBEDS, GENERATES, SCORES, Capability, EngineKind, Feature, ModelCard, ModelFailure
 from protocol.events import (
     FINAL_EVENTS,
     DoneEvent,
@@ -78,6 +78,8 @@ from protocol.scoring import ScoreJob, ScoreMode
 from protocol.settings import DEFAULT_MODELS_FILE, QueueSettings
 
 __all__ = [
+    "EngineKind",
+    "Feature",
     "CLASSIFIES",
     "Capability",
     "ChatMessage",

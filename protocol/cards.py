@@ -19,6 +19,12 @@ EMBEDS: tuple[Capability, ...] = ("embeddings",)
 # cross-encoder) also scores text pairs (/v1/score, /v1/rerank).
 CLASSIFIES: tuple[Capability, ...] = ("classify",)
 SCORES: tuple[Capability, ...] = ("classify", "score")
+# What a generation request may ask for beyond text in, text out; an engine that cannot give one
+# lists it in its card's `unsupported`, and the gateway refuses such requests (400 naming the
+# request's parameter, protocol.features) before queueing them.
+Feature = Literal["logprobs", "prompt_logprobs", "best_of", "token_prompt", "echo", "constraint", "logit_bias",
+                  "seed", "top_k", "penalties"]  # fmt: skip
+EngineKind = Literal["transformers", "llama-cpp", "vllm"]
 
 
 class ModelCard(WireModel):
@@ -26,6 +32,8 @@ class ModelCard(WireModel):
 
     capabilities: tuple[Capability, ...] = Field(min_length=1)
     max_model_len: int | None = Field(None, ge=1, description="prompt + completion tokens the model takes")
+    engine: str | None = Field(None, description="what runs the model: transformers, llama-cpp, vllm")
+    unsupported: tuple[Feature, ...] = Field((), description="request features this engine cannot give")
 
     def can(self, capability: Capability) -> bool:
         return capability in self.capabilities

@@ -145,6 +145,7 @@ ErrorCode = Literal[
     "cancelled",
     "internal_error",
     "worker_lost",  # written into a kept job's log by a gateway that found its worker dead
+    "engine_lost",  # the engine process a worker owns (a llama.cpp / vLLM server) died during the request
 ]
 
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from protocol.cards import EngineKind
+
 ADAPTERS_WITHOUT_FILES = frozenset({"echo"})
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
@@ -42,6 +44,8 @@ class ModelSpec(BaseModel):
 
     name: str = Field(pattern=MODEL_NAME_PATTERN)
     adapter: str = Field("auto", description="auto: chosen from the model's config.json (adapters/select.py)")
+    engine: EngineKind = Field("transformers", description="what runs a generating model: transformers in the "
+                               "worker, or a llama.cpp / vLLM server the worker starts and owns (README, Engines)")
     template: str | None = Field(None, description="a named conversation template (adapters/templates.py)")
     path: Path | None = None  # a folder or file; not needed by model-free adapters (echo)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"

@@ -5,16 +5,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from functools import partial
+
 from adapters import AdapterKind, ModelLoadError, adapter_for
 from adapters.base import AdapterBase
+from adapters.hf_causal import HfCausalAdapter
 from protocol import ModelSpec, load_models_file
 from workers.batch_engine import BatchEngine
 from workers.contract import Engine
 from workers.embed_engine import EmbeddingEngine
+from workers.engine_kinds import SIDECARS
 from workers.publisher import Outbox
 from workers.score_engine import ScoringEngine
 from workers.serial_engine import SerialEngine
 from workers.settings import WorkerSettings
+from workers.sidecar_engine import SidecarEngine
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,11 @@ def load_engines(settings: WorkerSettings, queues: list[str], outbox: Outbox) ->
         )
     loaded = Loaded()
     for name in served:
-        spec = models.models[name]
+        spec = with_engine(models.models[name], settings)
         try:
+            if spec.engine in SIDECARS:
+                loaded.engines[name] = start_sidecar_engine(spec, settings, outbox)
+                continue
             adapter = adapter_for(spec)(spec, settings.cache_dir)
             log.info("loading model %s (adapter %s) from %s", name, adapter.name, spec.path)
             adapter.load()
@@ -70,6 +78,41 @@ def load_engines(settings: WorkerSettings, queues: list[str], outbox: Outbox) ->
     if not loaded.engines:
         raise WorkerStartupError("no model could be loaded: " + "; ".join(f"{m}: {why}" for m, why in loaded.failures.items()))
     return loaded
+
+
+def with_engine(spec: ModelSpec, settings: WorkerSettings) -> ModelSpec:
+    """`spec` with the engine the worker's settings choose (QUEUECHAT_ENGINE, as `make run
+    ENGINE=llama-cpp` sets it) for every model that engine can run: causal LMs (and for llama.cpp,
+    GGUF files only); other models keep theirs."""
+    if settings.engine is None or settings.engine == spec.engine or not _runs_on(spec, settings.engine):
+        return spec
+    return spec.model_copy(update={"engine": settings.engine})
+
+
+def _runs_on(spec: ModelSpec, engine: str) -> bool:
+    try:
+        causal = issubclass(adapter_for(spec), HfCausalAdapter)
+    except ModelLoadError:
+        return False
+    return causal and (engine != "llama-cpp" or (spec.path is not None and spec.path.suffix == ".gguf"))
+
+
+def start_sidecar_engine(spec: ModelSpec, settings: WorkerSettings, outbox: Outbox) -> SidecarEngine:
+    """The model's prompting (tokenizer, template) here, its weights in a server this worker starts."""
+    if not _runs_on(spec, spec.engine):
+        what = "GGUF files of causal LMs" if spec.engine == "llama-cpp" else "causal LMs (adapter hf-causal)"
+        raise ModelLoadError(f"model {spec.name!r}: engine {spec.engine} runs {what}, not {spec.path}")
+    from adapters.hf_prompts import HfPromptAdapter
+
+    adapter = HfPromptAdapter(spec, settings.cache_dir)
+    adapter.load()
+    kind = SIDECARS[spec.engine]
+    command = partial(kind.command, spec, context=adapter.context_length, cache_dir=settings.cache_dir,
+                      binary=settings.llama_server)  # fmt: skip
+    command(0)  # a missing program is a load failure, reported now
+    log.info("model %s runs on %s (%d slots)", spec.name, spec.engine, kind.slots(spec))
+    return SidecarEngine(adapter, spec, lambda port: command(port=port), on_step_end=outbox.flush,
+                         keepalive=settings.keepalive_interval)  # fmt: skip
 
 
 def failure_reason(exc: BaseException, limit: int = 500) -> str:
@@ -87,6 +130,8 @@ def make_engine(adapter: AdapterBase, spec: ModelSpec, outbox: Outbox, keepalive
 
 def pool_slots(spec: ModelSpec) -> int:
     """Task threads a model needs: its slots, or one for adapters that run one request at a time."""
+    if spec.engine in SIDECARS:
+        return SidecarEngine.pool_slots(spec)
     try:
         return ENGINES[adapter_for(spec).kind].pool_slots(spec)
     except ModelLoadError:

@@ -13,7 +13,7 @@ from celery import signals
 from protocol import load_models_file
 from protocol.redis_clients import sync_client
 from workers.celery import QueueChatCelery
-from workers.engines import load_engines, pool_slots
+from workers.engines import load_engines, pool_slots, with_engine
 from workers.heartbeat import WorkerState
 from workers.publisher import Outbox
 
@@ -35,7 +35,7 @@ def _size_the_pool(sender: object, **_: object) -> None:
     except ValueError:
         return  # reported with more context once the worker loads its models
     queues = app.amqp.queues.consume_from or []
-    slots = sum(pool_slots(spec) for name in queues if (spec := models.get(name)))
+    slots = sum(pool_slots(with_engine(spec, app.settings)) for name in queues if (spec := models.get(name)))
     sender.concurrency = max(1, slots)  # type: ignore[attr-defined]
 
 

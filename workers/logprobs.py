@@ -10,6 +10,7 @@ from adapters import AdapterError, ModelAdapter
 from adapters.base import PromptScores
 from adapters.sampling import logprobs_of
 from protocol import GenerateJob, PromptToken, RankedLogprob, TokenLogprob, TopLogprob
+from protocol.features import prompt_logprobs_param  # noqa: F401  (re-exported for the engines)
 
 
 class InvalidTokenPrompt(AdapterError):
@@ -30,11 +31,6 @@ def echo_text(job: GenerateJob, adapter: ModelAdapter, prompt_ids: list[int]) ->
     if not job.echo:
         return None
     return job.prompt if isinstance(job.prompt, str) else adapter.decode(prompt_ids)
-
-
-def prompt_logprobs_param(job: GenerateJob) -> str:
-    """The request parameter that asked for prompt logprobs (for an error naming it)."""
-    return "echo" if job.echo and job.params.logprobs is not None else "prompt_logprobs"
 
 
 def token_logprob(adapter: ModelAdapter, logits: torch.Tensor, token: int, top: int | None) -> TokenLogprob | None:

@@ -1,0 +1,113 @@
+"""The prompting half of a Hugging Face causal LM, for engines that run the weights themselves (a
+llama.cpp or vLLM server the worker owns): its tokenizer, chat template, tools, stops, end-of-text
+ids and context length, without loading the weights into this process.  GGUF files are read for
+their tokenizer and config only (kept in the cache folder after the first time)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+from adapters.base import ModelLoadError
+from adapters.gguf_cache import converted_dir, is_complete
+from adapters.hf_causal import HfCausalAdapter
+
+log = logging.getLogger(__name__)
+
+
+class HfPromptAdapter(HfCausalAdapter):
+    """Everything of HfCausalAdapter that needs no weights; it never decodes (`new_batch` raises)."""
+
+    name = "hf-prompts"
+
+    def load(self) -> None:
+        started = time.monotonic()
+        path = self.spec.path
+        if path is None or not path.exists():
+            raise ModelLoadError(f"model {self.spec.name!r}: {path} does not exist (see README: make model)")
+        remote = self.spec.trust_remote_code
+        if path.suffix == ".gguf":
+            folder = _gguf_prompting_folder(path, self.cache_dir)
+        else:
+            folder = path
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
+        self.config = AutoConfig.from_pretrained(folder, trust_remote_code=remote)
+        try:
+            self.generation_config: Any = GenerationConfig.from_pretrained(folder)
+        except OSError:  # no generation_config.json: the model recommends nothing
+            self.generation_config = GenerationConfig.from_model_config(self.config)
+        self.model = None
+        self.template = self._pick_template()
+        self._eos_ids = self._find_eos_ids()
+        self._context_length = self._find_context_length()
+        self._grammars = None
+        self._prefixes = None
+        self.kv_bytes_per_token = 0
+        log.info("prompting for %s ready (tokenizer and template, context %d) in %.1f s", self.spec.name,
+                 self._context_length, time.monotonic() - started)  # fmt: skip
+
+    def _model_type(self) -> str | None:
+        return getattr(self.config, "model_type", None)
+
+    def _find_eos_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for source in (self.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        return frozenset(ids)
+
+    def _find_context_length(self) -> int:
+        native = getattr(self.config.get_text_config(), "max_position_embeddings", None) or 2048
+        return min(native, self.spec.max_context) if self.spec.max_context else native
+
+    def default_sampling(self) -> dict[str, float]:
+        config = self.generation_config
+        if not getattr(config, "do_sample", False):
+            return {}
+        return {k: v for k in ("temperature", "top_p") if isinstance(v := getattr(config, k, None), (int, float))}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def grammars(self) -> None:
+        return None  # masks need the logits, which stay in the engine's process
+
+    def cache_stats(self) -> dict[str, int]:
+        return {}
+
+    def new_batch(self) -> Any:
+        raise NotImplementedError("the weights run in the engine's own process")
+
+
+def _gguf_prompting_folder(gguf_path: Any, cache_dir: Any) -> Any:
+    """A folder with the tokenizer and config of a GGUF file: the full conversion's when it exists
+    (adapters/gguf_cache.py), else one holding only those, made once (a few seconds)."""
+    full = converted_dir(gguf_path, cache_dir)
+    if is_complete(full):
+        return full
+    target = full.with_name(full.name + "-prompting")
+    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    source, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=name)
+    config = AutoConfig.from_pretrained(source, gguf_file=name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".prompting-", dir=target.parent)
+    try:
+        tokenizer.save_pretrained(staging)
+        config.save_pretrained(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -13,6 +13,8 @@ with plain requests, and prints the kept/plain throughput ratio: the event log's
 with or without --echo; --sweep finds the highest rate that meets the SLO.
 --structured measures the cost of grammar-constrained decoding: the same level with free replies and
 with replies held to a JSON schema, alternating (bench/structured.py).
+--engines compares engines on the default GGUF model: llama.cpp's own server, QueueChat on the
+llama-cpp engine and QueueChat on transformers (bench/engines.py; needs `make llama-cpp`).
 """
 
 from __future__ import annotations
@@ -200,6 +202,7 @@ def main() -> None:
     parser.add_argument("--compare-model", default=None, help="model name at --compare-url")
     parser.add_argument("--dtypes", action="store_true", help="float32 vs bfloat16 in-process: speed and greedy agreement")
     parser.add_argument("--echo", action="store_true", help="relay throughput with the model-free echo adapter")
+    parser.add_argument("--engines", action="store_true", help="llama.cpp's server vs QueueChat on llama-cpp and on transformers")
     parser.add_argument("--structured", action="store_true", help="free vs JSON-schema-constrained replies, alternating")
     parser.add_argument("--keep", action="store_true", help="also measure kept (store: true) requests: the event log's cost")
     parser.add_argument("--streams", type=int, help="with --echo: this many concurrent streams through one gateway")
@@ -217,6 +220,11 @@ def main() -> None:
 
         sizes = [16, 64] if args.concurrency == [1, 4, 8, 16] else [c for c in args.concurrency if c > 1]
         bench_dtypes(_model_folder(args.model, args.models_file), args.max_tokens, sizes)
+    elif args.engines:
+        from bench.engines import bench_engines
+
+        levels = [1, 16] if args.concurrency == [1, 4, 8, 16] else args.concurrency
+        bench_engines(args.model, args.models_file, levels, args.max_tokens)
     elif args.request_rate or args.sweep:
         bench_open(args)
     elif args.structured:

@@ -31,6 +31,7 @@ class LevelReport:
     tokens: int
     errors: int
     ttfts: list[float] = field(default_factory=list)
+    first_error: str | None = None
     gaps: list[float] = field(default_factory=list)
 
     @property
@@ -78,9 +79,11 @@ async def stream_chat(client: httpx.AsyncClient, url: str, body: dict) -> Result
 
 
 async def run_level(url: str, model: str, concurrency: int, rounds: int, max_tokens: int,
-                    count: Callable[[str], int], extra: dict | None = None) -> LevelReport:  # fmt: skip
+                    count: Callable[[str], int], extra: dict | None = None, keepalive: bool = True) -> LevelReport:  # fmt: skip
+    """`keepalive` False: a new connection per request (llama.cpp's server closes kept-alive
+    connections after a few requests, and one reused just as it closes fails the request)."""
     report = LevelReport(concurrency, concurrency * rounds, 0.0, 0, 0)
-    limits = httpx.Limits(max_connections=concurrency + 4)
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=None if keepalive else 0)
     progress = tqdm(total=report.requests, desc=f"{concurrency} clients", unit="req", leave=False, file=sys.stderr)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
 
@@ -88,8 +91,9 @@ async def run_level(url: str, model: str, concurrency: int, rounds: int, max_tok
             for r in range(rounds):
                 try:
                     result = await _one(client, url, model, k + r * concurrency, max_tokens, extra)
-                except (httpx.HTTPError, RuntimeError):
+                except (httpx.HTTPError, RuntimeError) as exc:
                     report.errors += 1
+                    report.first_error = report.first_error or f"{type(exc).__name__}: {exc}"
                     progress.update()
                     continue
                 progress.update()
@@ -104,6 +108,7 @@ async def run_level(url: str, model: str, concurrency: int, rounds: int, max_tok
     return report
 
 
-def run(url: str, model: str, concurrency: int, rounds: int, max_tokens: int, count, extra: dict | None = None) -> LevelReport:
+def run(url: str, model: str, concurrency: int, rounds: int, max_tokens: int, count, extra: dict | None = None,
+        keepalive: bool = True) -> LevelReport:  # fmt: skip
     """One closed-loop level; `extra` fields go into every request body (e.g. {"store": True})."""
-    return asyncio.run(run_level(url, model, concurrency, rounds, max_tokens, count, extra))
+    return asyncio.run(run_level(url, model, concurrency, rounds, max_tokens, count, extra, keepalive))

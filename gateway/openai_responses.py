@@ -181,6 +181,8 @@ class Model(OpenAIBody):
     owned_by: str
     capabilities: list[str] | None = None
     max_model_len: int | None = None
+    engine: str | None = None  # what runs it: transformers, llama-cpp, vllm
+    unsupported: list[str] | None = None  # request features its engine cannot give (refused with a 400)
     status: Literal["ready", "failed"] | None = None
     status_reason: str | None = None
 

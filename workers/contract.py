@@ -95,7 +95,8 @@ class EngineBase:
         return spec.slots or 1
 
     def card(self) -> ModelCard:
-        return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length)
+        return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length,
+                         engine="transformers")  # fmt: skip
 
 
 class TakingTurns(EngineBase):

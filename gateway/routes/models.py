@@ -1,5 +1,6 @@
 """GET /v1/models and /v1/models/{id}: models that a live worker serves right now, with what
-each can do (`capabilities`) and its context length (`max_model_len`), as their workers say;
+each can do (`capabilities`), its context length (`max_model_len`), the engine that runs it and
+what that engine cannot give (`engine`, `unsupported`), as their workers say;
 and, with `status: failed` and the reason, models that a live worker failed to load."""
 
 from fastapi import APIRouter
@@ -19,6 +20,7 @@ def _model(registry: Registry, model: str, card: ModelCard | None) -> Model:
     entry = Model(id=model, object="model", created=_CREATED, owned_by=registry.owned_by(model), status="ready")
     if card is not None:
         entry.capabilities, entry.max_model_len = list(card.capabilities), card.max_model_len
+        entry.engine, entry.unsupported = card.engine, list(card.unsupported) or None
     return entry
 
 

@@ -165,12 +165,16 @@ class HfCausalAdapter(ModelAdapter):
                 raise ModelLoadError(f"model {self.spec.name!r}: {exc.args[0]}") from None
         if self.tokenizer.chat_template:
             return None
-        template = default_template(self._model_type())
+        template = default_template(getattr(self._model_config(), "model_type", None))
         log.warning("%s has no chat template; using the %r template", self.spec.name, template.name)
         return template
 
-    def _model_type(self) -> str | None:
-        return getattr(self.model.config, "model_type", None)
+    def _model_config(self) -> Any:
+        """The model's config (HfPromptAdapter: read without the weights)."""
+        return self.model.config
+
+    def _generation_config(self) -> Any:
+        return self.model.generation_config
 
     @property
     def chat_stops(self) -> tuple[str, ...]:
@@ -189,7 +193,7 @@ class HfCausalAdapter(ModelAdapter):
 
     def _find_eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
-        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+        for source in (self._generation_config().eos_token_id, self.tokenizer.eos_token_id):
             if isinstance(source, int):
                 ids.add(source)
             elif source:
@@ -197,7 +201,7 @@ class HfCausalAdapter(ModelAdapter):
         return frozenset(ids)
 
     def _find_context_length(self) -> int:
-        native = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        native = getattr(self._model_config(), "max_position_embeddings", None) or 2048
         return min(native, self.spec.max_context) if self.spec.max_context else native
 
     @property
@@ -240,7 +244,7 @@ class HfCausalAdapter(ModelAdapter):
         return ids
 
     def default_sampling(self) -> dict[str, float]:
-        config = self.model.generation_config
+        config = self._generation_config()
         if not getattr(config, "do_sample", False):
             return {}  # transformers' class defaults (temperature 1.0 ...) are no recommendation
         return {k: v for k in ("temperature", "top_p") if isinstance(v := getattr(config, k, None), (int, float))}

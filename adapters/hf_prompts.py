@@ -6,6 +6,7 @@ their tokenizer and config only (kept in the cache folder after the first time).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -51,27 +52,11 @@ class HfPromptAdapter(HfCausalAdapter):
         log.info("prompting for %s ready (tokenizer and template, context %d) in %.1f s", self.spec.name,
                  self._context_length, time.monotonic() - started)  # fmt: skip
 
-    def _model_type(self) -> str | None:
-        return getattr(self.config, "model_type", None)
+    def _model_config(self) -> Any:
+        return self.config
 
-    def _find_eos_ids(self) -> frozenset[int]:
-        ids: set[int] = set()
-        for source in (self.generation_config.eos_token_id, self.tokenizer.eos_token_id):
-            if isinstance(source, int):
-                ids.add(source)
-            elif source:
-                ids.update(source)
-        return frozenset(ids)
-
-    def _find_context_length(self) -> int:
-        native = getattr(self.config.get_text_config(), "max_position_embeddings", None) or 2048
-        return min(native, self.spec.max_context) if self.spec.max_context else native
-
-    def default_sampling(self) -> dict[str, float]:
-        config = self.generation_config
-        if not getattr(config, "do_sample", False):
-            return {}
-        return {k: v for k in ("temperature", "top_p") if isinstance(v := getattr(config, k, None), (int, float))}
+    def _generation_config(self) -> Any:
+        return self.generation_config
 
     @property
     def vocab_size(self) -> int:
@@ -105,8 +90,11 @@ def _gguf_prompting_folder(gguf_path: Any, cache_dir: Any) -> Any:
     try:
         tokenizer.save_pretrained(staging)
         config.save_pretrained(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.move(staging, target)
+        os.rename(staging, target)  # atomic: a half-written folder is never taken for a finished one
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "tokenizer_config.json").exists():  # not merely another worker that finished first
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

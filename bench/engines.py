@@ -29,7 +29,6 @@ from workers.engine_kinds import SIDECARS, find_llama_server
 from workers.settings import WorkerSettings
 from workers.sidecar import Sidecar
 
-
 DIRECT = "llama.cpp server (its default threads)"
 SAME_FLAGS = "llama.cpp server (the engine's flags)"
 OURS = "QueueChat + llama-cpp"

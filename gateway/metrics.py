@@ -176,6 +176,10 @@ _WORKER_GAUGES = {
     "prefix_cache_bytes": ("queuechat_worker_prefix_cache_bytes", "Bytes the prefix cache holds"),
     "prefix_cache_limit_bytes": ("queuechat_worker_prefix_cache_limit_bytes", "The prefix cache's bound"),
     "grammar_cache_entries": ("queuechat_worker_grammar_cache_entries", "Compiled grammars a worker keeps (structured outputs)"),
+    "engine_restarts": ("queuechat_worker_engine_restarts", "Times a worker started its engine server again after "
+                        "it died (llama-cpp, vllm engines)"),
+    "engine_lost_requests": ("queuechat_worker_engine_lost_requests", "Requests that ended because the worker's "
+                             "engine server died under them"),
 }
 
 

@@ -7,7 +7,17 @@ agrees on (`protocol.settings`).  Depends on pydantic (and PyYAML for the models
 importing it builds no Celery app, opens no connection and loads no model code.
 """
 
-from protocol.cards import CLASSIFIES, EMBEDS, GENERATES, SCORES, Capability, EngineKind, Feature, ModelCard, ModelFailure
+from protocol.cards import (
+    CLASSIFIES,
+    EMBEDS,
+    GENERATES,
+    SCORES,
+    Capability,
+    EngineKind,
+    Feature,
+    ModelCard,
+    ModelFailure,
+)
 from protocol.events import (
     FINAL_EVENTS,
     DoneEvent,

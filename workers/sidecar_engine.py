@@ -13,8 +13,10 @@ inside it end with an `engine_lost` error (a 503) and the supervisor starts it a
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,13 +24,20 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-
-import http.client
-import socket
 from urllib.parse import urlsplit
 
 from adapters import ModelAdapter, UnsupportedParameter
-from protocol import GENERATES, ErrorCode, GenerateJob, ModelCard, ModelSpec, SamplingParams, TokenLogprob, TopLogprob, Usage
+from protocol import (
+    GENERATES,
+    ErrorCode,
+    GenerateJob,
+    ModelCard,
+    ModelSpec,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from protocol.features import first_unsupported
 from workers.contract import EngineBase, FinishReason, Sink
 from workers.engine_kinds import SIDECARS, SidecarKind

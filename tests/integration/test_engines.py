@@ -128,6 +128,11 @@ def _direct_completion(prompt: str, max_tokens: int) -> str:
         proc.wait()
 
 
+def _text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return reply.read().decode()
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as reply:
@@ -180,6 +185,26 @@ def test_llama_cpp_stops_seeds_and_logprobs(stack, llama_worker) -> None:
     assert all(len(top) == 3 and max(top.values()) >= lp - 1e-6 for top, lp in zip(logprobs.top_logprobs, logprobs.token_logprobs))
     chat = client.chat.completions.create(model=LLAMA, messages=QUESTION, max_tokens=3, logprobs=True, top_logprobs=2)
     assert all(len(entry.top_logprobs) == 2 for entry in chat.choices[0].logprobs.content)
+
+
+@needs_llama_cpp
+def test_llama_cpp_serves_responses_background_jobs_and_tools(stack, llama_worker) -> None:
+    """The queue's own features ride on any engine: a background response (a kept job, read back
+    later) gives what the plain one gives; a chat offering tools completes as one."""
+    client = stack["client"]
+    ask = {"model": LLAMA, "input": "What is the capital of France?", "max_output_tokens": 16, "temperature": 0}
+    plain = client.responses.create(**ask)
+    queued = client.responses.create(**ask, background=True)
+    assert queued.status == "queued" and plain.output_text
+    assert _wait(lambda: client.responses.retrieve(queued.id).status not in ("queued", "in_progress"), 60)
+    done = client.responses.retrieve(queued.id)
+    assert done.output_text == plain.output_text and done.usage.output_tokens == plain.usage.output_tokens
+    weather = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}  # fmt: skip
+    reply = client.chat.completions.create(model=LLAMA, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                           tools=[weather], max_tokens=48)  # fmt: skip
+    assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert reply.choices[0].message.content or reply.choices[0].message.tool_calls
 
 
 @needs_llama_cpp
@@ -236,6 +261,10 @@ def test_a_killed_llama_cpp_server_fails_its_request_and_comes_back(stack, llama
     assert new_pid != pid
     again = client.completions.create(model=LLAMA, prompt="The capital of France is", max_tokens=4)
     assert again.usage.completion_tokens == 4
+    metrics = f"{stack['gateway'].base_url}/metrics"
+    restarted = re.compile(r'queuechat_worker_engine_restarts\{model="smollm2-llama-cpp",worker="[^"]+"\} 1\.0')
+    lost = re.compile(r'queuechat_worker_engine_lost_requests\{model="smollm2-llama-cpp",worker="[^"]+"\} 1\.0')
+    assert _wait(lambda: restarted.search(_text(metrics)) and lost.search(_text(metrics)), 10), "not in /metrics"
 
 
 @needs_llama_cpp

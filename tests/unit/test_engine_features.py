@@ -58,7 +58,6 @@ def test_the_models_file_names_an_engine_and_refuses_an_unknown_one(tmp_path: Pa
 
 def test_the_workers_engine_setting_moves_generating_models_only(tiny_model_dir: Path, tmp_path: Path) -> None:
     from protocol import ModelSpec
-
     from tests.conftest import DEFAULT_MODEL_FILE
 
     gguf = ModelSpec(name="g", adapter="hf-causal", path=DEFAULT_MODEL_FILE)
@@ -106,3 +105,76 @@ async def test_what_any_live_worker_cannot_give_is_refused(relay: Relay, redis: 
     with pytest.raises(InvalidRequest) as refused:
         await relay.submit(_job(params=SamplingParams(prompt_logprobs=1)))
     assert refused.value.param == "prompt_logprobs" and "transformers/llama-cpp" in str(refused.value)
+
+
+def test_the_engine_commands_carry_the_models_settings(tmp_path: Path) -> None:
+    from protocol import ModelSpec
+    from workers.engine_kinds import SIDECARS
+
+    gguf = tmp_path / "m.gguf"
+    spec = ModelSpec(name="m", path=gguf, engine="llama-cpp", slots=8, options={"kv_tokens": 4096})
+    argv = SIDECARS["llama-cpp"].command(spec, 1234, 2048, tmp_path, binary=Path("/bin/true"))
+    assert argv[0] == "/bin/true" and argv[argv.index("--model") + 1] == str(gguf)
+    assert argv[argv.index("--port") + 1] == "1234" and argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--parallel") + 1] == "8" and argv[argv.index("--ctx-size") + 1] == "4096"
+    assert "--threads" in argv and "--threads-batch" in argv  # a core left to the stack for one-token steps
+    own = spec.model_copy(update={"options": {"engine_args": ["-t", "3"]}})
+    argv = SIDECARS["llama-cpp"].command(own, 1, 2048, tmp_path, binary=Path("/bin/true"))
+    assert "--threads" not in argv and argv[-2:] == ["-t", "3"]
+    vllm = ModelSpec(name="q", path=tmp_path, engine="vllm", slots=32, dtype="bfloat16", trust_remote_code=True,
+                     options={"engine_command": ["/opt/vllm/bin/vllm", "serve"], "engine_args": ["--enforce-eager"]})  # fmt: skip
+    argv = SIDECARS["vllm"].command(vllm, 99, 4096, tmp_path, binary=None)
+    assert argv[:3] == ["/opt/vllm/bin/vllm", "serve", str(tmp_path)]
+    for flag, value in (("--port", "99"), ("--served-model-name", "q"), ("--max-num-seqs", "32"),
+                        ("--max-model-len", "4096"), ("--dtype", "bfloat16")):  # fmt: skip
+        assert argv[argv.index(flag) + 1] == value
+    assert "--trust-remote-code" in argv and argv[-1] == "--enforce-eager"
+
+
+def test_a_missing_llama_server_names_the_make_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from protocol import ModelSpec
+    from workers.engine_kinds import SIDECARS, EngineNotInstalled
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    spec = ModelSpec(name="m", path=tmp_path / "m.gguf", engine="llama-cpp")
+    with pytest.raises(EngineNotInstalled, match="make llama-cpp"):
+        SIDECARS["llama-cpp"].command(spec, 1, 64, tmp_path, binary=None)
+
+
+def test_make_wires_the_engine_and_the_build(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import REPO
+
+    dry = lambda *args: subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True).stdout  # noqa: E731
+    assert "QUEUECHAT_ENGINE=llama-cpp" in dry("run", "ENGINE=llama-cpp")
+    assert "build_llama_cpp.py" in dry("run", "ENGINE=llama-cpp")
+    assert "QUEUECHAT_ENGINE" not in dry("run") and "build_llama_cpp.py" not in dry("run")
+    assert "build_llama_cpp.py" in dry("test")  # CI builds it (or says why not and goes on)
+
+
+def test_the_build_is_made_once(tmp_path: Path) -> None:
+    """A build for the same version is kept: the script returns at once without building."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    target = tmp_path / "llama.cpp" / "bin"
+    target.mkdir(parents=True)
+    (target / "llama-server").write_text("#!/bin/sh\n")
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from build_llama_cpp import SOURCE_PACKAGE
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    (target / "llama-server.version").write_text(SOURCE_PACKAGE + "\n")
+    env = {**os.environ, "QUEUECHAT_CACHE_DIR": str(tmp_path), "PATH": "/nonexistent"}
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "build_llama_cpp.py")], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and "already built" in done.stdout
+    (target / "llama-server.version").write_text("an older version\n")
+    again = subprocess.run([sys.executable, str(REPO / "scripts" / "build_llama_cpp.py")], env=env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert again.returncode == 1 and "cmake" in again.stderr  # it would rebuild, and says what it lacks

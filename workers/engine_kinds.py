@@ -17,12 +17,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters import ModelLoadError
 from protocol import EngineKind, Feature, ModelSpec
 
 LLAMA_SERVER_NAME = "llama-server"
 
 
-class EngineNotInstalled(RuntimeError):
+class EngineNotInstalled(ModelLoadError):
     pass
 
 

@@ -18,6 +18,7 @@ from workers.publisher import Outbox
 from workers.score_engine import ScoringEngine
 from workers.serial_engine import SerialEngine
 from workers.settings import WorkerSettings
+from workers.sidecar import SidecarFailed
 from workers.sidecar_engine import SidecarEngine
 
 log = logging.getLogger(__name__)
@@ -106,15 +107,18 @@ def start_sidecar_engine(spec: ModelSpec, settings: WorkerSettings, outbox: Outb
         raise ModelLoadError(f"model {spec.name!r}: engine {spec.engine} runs {what}, not {spec.path}")
     from adapters.hf_prompts import HfPromptAdapter
 
+    kind = SIDECARS[spec.engine]
+    kind.command(spec, 0, 1, settings.cache_dir, settings.llama_server)  # a missing program fails the load now
     adapter = HfPromptAdapter(spec, settings.cache_dir)
     adapter.load()
-    kind = SIDECARS[spec.engine]
     command = partial(kind.command, spec, context=adapter.context_length, cache_dir=settings.cache_dir,
                       binary=settings.llama_server)  # fmt: skip
-    command(0)  # a missing program is a load failure, reported now
     log.info("model %s runs on %s (%d slots)", spec.name, spec.engine, kind.slots(spec))
-    return SidecarEngine(adapter, spec, lambda port: command(port=port), on_step_end=outbox.flush,
-                         keepalive=settings.keepalive_interval)  # fmt: skip
+    try:
+        return SidecarEngine(adapter, spec, lambda port: command(port=port), on_step_end=outbox.flush,
+                             keepalive=settings.keepalive_interval)  # fmt: skip
+    except SidecarFailed as exc:  # its own output says why: no traceback of ours needed
+        raise ModelLoadError(f"model {spec.name!r}: {exc}") from exc
 
 
 def failure_reason(exc: BaseException, limit: int = 500) -> str:

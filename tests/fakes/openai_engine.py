@@ -87,12 +87,12 @@ def make_app(args: argparse.Namespace) -> Starlette:
                 if (body.get("stream_options") or {}).get("include_usage"):
                     usage = {"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n}
                     yield f"data: {json.dumps({'object': 'text_completion', 'choices': [], 'usage': usage})}\n\n"
+                record(entry)  # before the end: a client that has read it finds the request recorded
                 yield "data: [DONE]\n\n"
             except asyncio.CancelledError:
                 entry["ended"] = "aborted"  # the client closed the connection
-                raise
-            finally:
                 record(entry)
+                raise
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

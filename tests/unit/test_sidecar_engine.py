@@ -229,3 +229,27 @@ def _alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_a_worker_reports_an_engine_that_cannot_start_and_serves_its_other_models(tiny_model_dir: Path,
+                                                                                  tmp_path: Path) -> None:  # fmt: skip
+    from tests.conftest import DEFAULT_MODEL_FILE
+    from tests.tiny_models import write_models_file
+    from workers.engines import load_engines
+    from workers.settings import WorkerSettings
+
+    models = write_models_file(tmp_path / "models.yaml", {
+        "broken": {"adapter": "hf-causal", "path": tiny_model_dir, "engine": "vllm",
+                   "options": {"engine_command": FAKE, "engine_args": ["--no-such-flag"]}},
+        "missing": {"adapter": "hf-causal", "path": DEFAULT_MODEL_FILE, "engine": "llama-cpp"},
+        "echo": {"adapter": "echo", "slots": 1},
+    })  # fmt: skip
+    settings = WorkerSettings(models_file=models, cache_dir=tmp_path / "cache", llama_server=tmp_path / "nothing")
+    loaded = load_engines(settings, ["broken", "missing", "echo"], outbox=type("O", (), {"flush": lambda self: None})())
+    try:
+        assert list(loaded.engines) == ["echo"]
+        assert "no-such-flag" in loaded.failures["broken"] and loaded.failures["broken"].startswith("model 'broken'")
+        assert "make llama-cpp" in loaded.failures["missing"]  # no llama-server where the settings point
+    finally:
+        for engine in loaded.engines.values():
+            engine.close()

@@ -26,10 +26,12 @@ unit: venv
 integration: venv model browser
 	$(PY) -m pytest -ra tests/integration
 
-# Throughput/latency of the full stack against in-process transformers (not a test; see README).
-bench: venv model
+# Throughput/latency of the full stack against in-process transformers, and of the engines against
+# llama.cpp's own server (not a test; see README).
+bench: venv model llama-cpp
 	$(PY) -m bench
 	$(PY) -m bench --echo --max-tokens 256
+	$(PY) -m bench --engines
 
 # Mixed traffic for MINUTES, then a leak report (RSS, threads, files, Redis keys); not a test.
 MINUTES ?= 10

@@ -23,6 +23,7 @@ from protocol import (
     Capability,
     EmbedJob,
     ErrorCode,
+    Feature,
     GenerateJob,
     ModelCard,
     ModelSpec,
@@ -88,6 +89,7 @@ class EngineBase:
 
     capabilities: tuple[Capability, ...]
     adapter: Any  # an adapter of the engine's kind, with a context_length
+    unsupported: tuple[Feature, ...] = ()  # request features it cannot give: the gateway refuses them
 
     @staticmethod
     def pool_slots(spec: ModelSpec) -> int:
@@ -96,7 +98,7 @@ class EngineBase:
 
     def card(self) -> ModelCard:
         return ModelCard(capabilities=self.capabilities, max_model_len=self.adapter.context_length,
-                         engine="transformers")  # fmt: skip
+                         engine="transformers", unsupported=self.unsupported)  # fmt: skip
 
 
 class TakingTurns(EngineBase):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from adapters import ContextLengthExceeded, EmptyPrompt, TextAdapter, UnsupportedParameter
 from adapters.stops import StopMatcher
-from protocol import GENERATES, GenerateJob, ModelSpec, SamplingParams, Usage
+from protocol import GENERATES, Feature, GenerateJob, ModelSpec, SamplingParams, Usage
 from workers.contract import EngineBase, FinishReason, Sink
 from workers.logprobs import prompt_logprobs_param
 
@@ -37,6 +37,10 @@ class SerialEngine(EngineBase):
 
     capabilities = GENERATES
     slots = 1
+    # The model streams text: nothing that needs its logits or token ids (its adapter's `check`
+    # refuses the same, for a card the gateway had not read yet).
+    unsupported: tuple[Feature, ...] = ("logprobs", "prompt_logprobs", "best_of", "token_prompt", "constraint",
+                                        "logit_bias", "penalties")  # fmt: skip
 
     def __init__(self, adapter: TextAdapter, slots: int | None = 1, on_step_end: Callable[[], None] = lambda: None,
                  keepalive: float = 5.0) -> None:  # fmt: skip

@@ -62,6 +62,9 @@ def test_remote_code_chatglm_refuses_logprobs_with_a_400_naming_it(client, famil
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="tiny-chatglm", messages=QUESTION, logprobs=True)
     assert err.value.body["param"] == "logprobs"
+    assert err.value.body["code"] == "unsupported_parameter"  # the gateway's, from the card: nothing was queued
+    listed = client.models.retrieve("tiny-chatglm").model_extra
+    assert listed["engine"] == "transformers" and "logprobs" in listed["unsupported"]
 
 
 def test_native_glm4_matches_plain_transformers(client, family_worker, family_dirs) -> None:

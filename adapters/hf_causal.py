@@ -66,9 +66,7 @@ class HfCausalAdapter(ModelAdapter):
 
     def load(self) -> None:
         started = time.monotonic()
-        path = self.spec.path
-        if path is None or not path.exists():
-            raise ModelLoadError(f"model {self.spec.name!r}: {path} does not exist (see README: make model)")
+        path = self._model_path()
         folder = convert_gguf(path, self.cache_dir) if path.suffix == ".gguf" else path
         self.device = pick_device(self.spec.device)
         dtype = pick_dtype(self.spec.dtype, self.device)
@@ -111,6 +109,13 @@ class HfCausalAdapter(ModelAdapter):
             time.monotonic() - started, self.kv_bytes_per_token, self._kv_budget,
             f"{self._prefixes.max_bytes / MB:.0f} MB" if self._prefixes is not None else "off",
         )  # fmt: skip
+
+    def _model_path(self) -> Path:
+        """The models file's path for this model; ModelLoadError when nothing is there."""
+        path = self.spec.path
+        if path is None or not path.exists():
+            raise ModelLoadError(f"model {self.spec.name!r}: {path} does not exist (see README: make model)")
+        return path
 
     def _attention(self, remote: bool) -> str | None:
         """The attention kernel: the models file's `options.attn_implementation`, else "eager"

@@ -14,7 +14,6 @@ from typing import Any
 
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from adapters.base import ModelLoadError
 from adapters.gguf_cache import converted_dir, is_complete
 from adapters.hf_causal import HfCausalAdapter
 
@@ -28,14 +27,9 @@ class HfPromptAdapter(HfCausalAdapter):
 
     def load(self) -> None:
         started = time.monotonic()
-        path = self.spec.path
-        if path is None or not path.exists():
-            raise ModelLoadError(f"model {self.spec.name!r}: {path} does not exist (see README: make model)")
+        path = self._model_path()
         remote = self.spec.trust_remote_code
-        if path.suffix == ".gguf":
-            folder = _gguf_prompting_folder(path, self.cache_dir)
-        else:
-            folder = path
+        folder = _gguf_prompting_folder(path, self.cache_dir) if path.suffix == ".gguf" else path
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
         self.config = AutoConfig.from_pretrained(folder, trust_remote_code=remote)
         try:

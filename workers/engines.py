@@ -67,7 +67,7 @@ def load_engines(settings: WorkerSettings, queues: list[str], outbox: Outbox) ->
                 continue
             adapter = adapter_for(spec)(spec, settings.cache_dir)
             log.info("loading model %s (adapter %s) from %s", name, adapter.name, spec.path)
-            if _runs_on(spec, "llama-cpp") and spec.device in ("auto", "cpu"):
+            if _runs_on(spec, "llama-cpp", type(adapter)) and spec.device in ("auto", "cpu"):
                 log.info("model %s is a GGUF file: on a CPU, `engine: llama-cpp` runs it several times faster "
                          "for one stream (README, Engines)", name)  # fmt: skip
             adapter.load()
@@ -87,22 +87,24 @@ def with_engine(spec: ModelSpec, settings: WorkerSettings) -> ModelSpec:
     """`spec` with the engine the worker's settings choose (QUEUECHAT_ENGINE, as `make run
     ENGINE=llama-cpp` sets it) for every model that engine can run: causal LMs (and for llama.cpp,
     GGUF files only); other models keep theirs."""
-    if settings.engine is None or settings.engine == spec.engine or not _runs_on(spec, settings.engine):
+    if settings.engine is None or settings.engine == spec.engine:
         return spec
-    return spec.model_copy(update={"engine": settings.engine})
-
-
-def _runs_on(spec: ModelSpec, engine: str) -> bool:
     try:
-        causal = issubclass(adapter_for(spec), HfCausalAdapter)
+        runs = _runs_on(spec, settings.engine, adapter_for(spec))
     except ModelLoadError:
-        return False
+        return spec  # reported when the worker loads its models
+    return spec.model_copy(update={"engine": settings.engine}) if runs else spec
+
+
+def _runs_on(spec: ModelSpec, engine: str, adapter_class: type) -> bool:
+    """Whether `engine` can run `spec`, served by `adapter_class` (adapter_for's answer)."""
+    causal = issubclass(adapter_class, HfCausalAdapter)
     return causal and (engine != "llama-cpp" or (spec.path is not None and spec.path.suffix == ".gguf"))
 
 
 def start_sidecar_engine(spec: ModelSpec, settings: WorkerSettings, outbox: Outbox) -> SidecarEngine:
     """The model's prompting (tokenizer, template) here, its weights in a server this worker starts."""
-    if not _runs_on(spec, spec.engine):
+    if not _runs_on(spec, spec.engine, adapter_for(spec)):
         what = "GGUF files of causal LMs" if spec.engine == "llama-cpp" else "causal LMs (adapter hf-causal)"
         raise ModelLoadError(f"model {spec.name!r}: engine {spec.engine} runs {what}, not {spec.path}")
     from adapters.hf_prompts import HfPromptAdapter

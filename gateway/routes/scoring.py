@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from gateway.deps import HttpLabelsDep, RelayDep, SettingsDep
+from gateway.metrics import HttpLabels
 from gateway.relay import Relay
 from gateway.scoring_types import (
     ClassificationRequest,
@@ -17,13 +18,18 @@ from gateway.scoring_types import (
     rerank_body,
     score_body,
 )
+from gateway.settings import GatewaySettings
 from protocol import ScoreJob, ScoresEvent
 
 router = APIRouter()
 
 
-async def _scores(relay: Relay, request: Request, job: ScoreJob) -> ScoresEvent:
-    return await relay.answer(job, ScoresEvent, request.is_disconnected)
+async def _answered(body: ClassificationRequest | ScoreRequest | RerankRequest, request: Request, relay: Relay,
+                    settings: GatewaySettings, labels: HttpLabels) -> tuple[ScoreJob, ScoresEvent]:  # fmt: skip
+    """The request's job and the worker's scores for it (the metrics label set first)."""
+    labels.model = relay.registry.metric_label(body.model)
+    job = body.to_job(settings)
+    return job, await relay.answer(job, ScoresEvent, request.is_disconnected)
 
 
 def _json(body: BaseModel, job: ScoreJob, exclude_none: bool = False) -> Response:
@@ -35,18 +41,16 @@ def _json(body: BaseModel, job: ScoreJob, exclude_none: bool = False) -> Respons
 @router.post("/classify", response_model=None, include_in_schema=False)
 async def classify(body: ClassificationRequest, request: Request, relay: RelayDep, settings: SettingsDep,
                    labels: HttpLabelsDep) -> Response:  # fmt: skip
-    labels.model = relay.registry.metric_label(body.model)
-    job = body.to_job(settings)
-    return _json(classification_body(await _scores(relay, request, job), job), job)
+    job, scores = await _answered(body, request, relay, settings, labels)
+    return _json(classification_body(scores, job), job)
 
 
 @router.post("/v1/score", response_model=None)
 @router.post("/score", response_model=None, include_in_schema=False)
 async def score(body: ScoreRequest, request: Request, relay: RelayDep, settings: SettingsDep,
                 labels: HttpLabelsDep) -> Response:  # fmt: skip
-    labels.model = relay.registry.metric_label(body.model)
-    job = body.to_job(settings)
-    return _json(score_body(await _scores(relay, request, job), job), job)
+    job, scores = await _answered(body, request, relay, settings, labels)
+    return _json(score_body(scores, job), job)
 
 
 @router.post("/v1/rerank", response_model=None)
@@ -54,6 +58,5 @@ async def score(body: ScoreRequest, request: Request, relay: RelayDep, settings:
 @router.post("/v2/rerank", response_model=None, include_in_schema=False)
 async def rerank(body: RerankRequest, request: Request, relay: RelayDep, settings: SettingsDep,
                  labels: HttpLabelsDep) -> Response:  # fmt: skip
-    labels.model = relay.registry.metric_label(body.model)
-    job = body.to_job(settings)
-    return _json(rerank_body(await _scores(relay, request, job), job, body), job, exclude_none=True)
+    job, scores = await _answered(body, request, relay, settings, labels)
+    return _json(rerank_body(scores, job, body), job, exclude_none=True)

@@ -7,6 +7,7 @@ The processes themselves come from `queuechat.launcher`; here are the tests' nam
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,18 @@ def pause_queue(control: object, queue: str, worker: str) -> None:
     a poll can still take one task that is queued right after the cancel."""
     assert control.cancel_consumer(queue, destination=[worker], reply=True, timeout=5)  # type: ignore[attr-defined]
     time.sleep(1.5)
+
+
+def running(pid: int | None) -> bool:
+    """Whether process `pid` exists and is not a zombie (dead, waiting to be reaped)."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
 def eventually(condition: Callable[[], bool], timeout: float, every: float = 0.1) -> bool:

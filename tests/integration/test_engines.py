@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import openai
 import pytest
 
 from tests.conftest import DEFAULT_MODEL_FILE, REPO
-from tests.integration.processes import Gateway, RedisServer, Worker, stack_env
+from tests.integration.processes import Gateway, RedisServer, Worker, eventually, running, stack_env
 from tests.tiny_models import write_models_file
 from workers.engine_kinds import find_llama_server
 from workers.settings import WorkerSettings
@@ -91,24 +90,6 @@ def _sidecar(worker: Worker, after: int = 0) -> tuple[str, int]:
     return url, int(pid)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
-def _wait(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 def _direct_completion(prompt: str, max_tokens: int) -> str:
     """What llama.cpp's own server answers, started here beside the stack with the same file."""
     from workers.sidecar import free_port
@@ -118,7 +99,7 @@ def _direct_completion(prompt: str, max_tokens: int) -> str:
                              str(port), "--parallel", "1", "--no-webui"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        assert _wait(lambda: _answers(f"http://127.0.0.1:{port}/health"), 60)
+        assert eventually(lambda: _answers(f"http://127.0.0.1:{port}/health"), 60)
         body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as reply:
@@ -196,7 +177,7 @@ def test_llama_cpp_serves_responses_background_jobs_and_tools(stack, llama_worke
     plain = client.responses.create(**ask)
     queued = client.responses.create(**ask, background=True)
     assert queued.status == "queued" and plain.output_text
-    assert _wait(lambda: client.responses.retrieve(queued.id).status not in ("queued", "in_progress"), 60)
+    assert eventually(lambda: client.responses.retrieve(queued.id).status not in ("queued", "in_progress"), 60)
     done = client.responses.retrieve(queued.id)
     assert done.output_text == plain.output_text and done.usage.output_tokens == plain.usage.output_tokens
     weather = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
@@ -228,13 +209,27 @@ def test_what_llama_cpp_cannot_give_is_refused_not_ignored(stack, llama_worker, 
 @needs_llama_cpp
 def test_a_closed_stream_stops_decoding_in_the_llama_cpp_server(stack, llama_worker) -> None:
     url, _ = _sidecar(llama_worker)
-    stream = stack["client"].completions.create(model=LLAMA, prompt="Count:", max_tokens=3000, stream=True,
-                                                logit_bias={str(EOS): -100})  # fmt: skip
-    for _ in range(5):
-        next(stream)
+    stream = _endless_stream(stack["client"], chunks=5)
     assert _busy_slots(url) == 1
     stream.close()
-    assert _wait(lambda: _busy_slots(url) == 0, 10), "llama.cpp still decodes the abandoned request"
+    assert eventually(lambda: _busy_slots(url) == 0, 10), "llama.cpp still decodes the abandoned request"
+
+
+def _endless_stream(client: openai.OpenAI, chunks: int):
+    """A streamed completion that does not end by itself (end-of-text biased away), `chunks` of it read."""
+    stream = client.completions.create(model=LLAMA, prompt="Count:", max_tokens=3000, stream=True,
+                                       logit_bias={str(EOS): -100})  # fmt: skip
+    for _ in range(chunks):
+        next(stream)
+    return stream
+
+
+def _stream_error(stream) -> str:
+    """The message of the error that ends `stream` (the test fails if it ends without one)."""
+    with pytest.raises(openai.APIError) as ended:
+        for _ in stream:
+            pass
+    return str(ended.value.message)
 
 
 def _busy_slots(url: str) -> int:
@@ -247,16 +242,10 @@ def test_a_killed_llama_cpp_server_fails_its_request_and_comes_back(stack, llama
     client = stack["client"]
     started = len(_READY.findall(llama_worker.log_tail(200_000)))
     _, pid = _sidecar(llama_worker)
-    stream = client.completions.create(model=LLAMA, prompt="Count:", max_tokens=3000, stream=True,
-                                       logit_bias={str(EOS): -100})  # fmt: skip
-    for _ in range(3):
-        next(stream)
+    stream = _endless_stream(client, chunks=3)
     os.kill(pid, signal.SIGKILL)
-    with pytest.raises(openai.APIError) as lost:
-        for _ in stream:
-            pass
-    assert "stopped answering" in str(lost.value.message)
-    assert _wait(lambda: len(_READY.findall(llama_worker.log_tail(200_000))) > started, 60), "not restarted"
+    assert "stopped answering" in _stream_error(stream)
+    assert eventually(lambda: len(_READY.findall(llama_worker.log_tail(200_000))) > started, 60), "not restarted"
     _, new_pid = _sidecar(llama_worker, after=started)
     assert new_pid != pid
     again = client.completions.create(model=LLAMA, prompt="The capital of France is", max_tokens=4)
@@ -264,22 +253,16 @@ def test_a_killed_llama_cpp_server_fails_its_request_and_comes_back(stack, llama
     metrics = f"{stack['gateway'].base_url}/metrics"
     restarted = re.compile(r'queuechat_worker_engine_restarts\{model="smollm2-llama-cpp",worker="[^"]+"\} 1\.0')
     lost = re.compile(r'queuechat_worker_engine_lost_requests\{model="smollm2-llama-cpp",worker="[^"]+"\} 1\.0')
-    assert _wait(lambda: restarted.search(_text(metrics)) and lost.search(_text(metrics)), 10), "not in /metrics"
+    assert eventually(lambda: restarted.search(_text(metrics)) and lost.search(_text(metrics)), 10), "not in /metrics"
 
 
 @needs_llama_cpp
 def test_a_killed_worker_takes_its_llama_cpp_server_with_it(stack, llama_worker) -> None:
     _, pid = _sidecar(llama_worker)
-    stream = stack["client"].completions.create(model=LLAMA, prompt="Count:", max_tokens=3000, stream=True,
-                                                logit_bias={str(EOS): -100})  # fmt: skip
-    for _ in range(3):
-        next(stream)
+    stream = _endless_stream(stack["client"], chunks=3)
     llama_worker.stop(signal.SIGKILL)
-    with pytest.raises(openai.APIError) as lost:
-        for _ in stream:
-            pass
-    assert "stopped" in str(lost.value.message)
-    assert _wait(lambda: not _alive(pid), 10), "the llama.cpp server outlived its worker"
+    assert "stopped" in _stream_error(stream)
+    assert eventually(lambda: not running(pid), 10), "the llama.cpp server outlived its worker"
 
 
 # ---- vLLM, against a fake server that speaks its protocol -------------------------------------
@@ -309,6 +292,6 @@ def test_what_the_vllm_engine_cannot_give_is_refused_before_queueing(stack, fake
 
 def test_a_killed_vllm_worker_takes_its_server_with_it(stack, fake_worker) -> None:
     _, pid = _sidecar(fake_worker)
-    assert _alive(pid)
+    assert running(pid)
     fake_worker.stop(signal.SIGKILL)
-    assert _wait(lambda: not _alive(pid), 10), "the engine server outlived its worker"
+    assert eventually(lambda: not running(pid), 10), "the engine server outlived its worker"

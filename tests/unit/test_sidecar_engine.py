@@ -16,6 +16,7 @@ import pytest
 from adapters import UnsupportedParameter
 from adapters.hf_prompts import HfPromptAdapter
 from protocol import ChatMessage, Constraint, GenerateJob, ModelSpec, SamplingParams
+from tests.integration.processes import eventually, running
 from workers.engine_kinds import SIDECARS
 from workers.sidecar import SidecarFailed
 from workers.sidecar_engine import SidecarEngine, _logprobs
@@ -178,7 +179,7 @@ def test_a_cancelled_request_is_closed_at_the_server(engine: SidecarEngine) -> N
     engine.cancel(request)
     assert request.finished.wait(10)
     assert sink.last[:2] == ("error", "cancelled")
-    assert _wait_for(lambda: _requests(engine)[-1]["ended"] == "aborted", 5)
+    assert eventually(lambda: _requests(engine)[-1]["ended"] == "aborted", 5)
     assert engine.free_slots == engine.slots
 
 
@@ -189,17 +190,17 @@ def test_a_dead_server_fails_its_requests_cleanly_and_is_started_again(tiny_mode
         sink = Sink()
         job = _job(params=SamplingParams(max_tokens=500))
         request = engine.submit_job(job, engine.prompt_ids(job), sink)
-        assert _wait_for(lambda: sink.text.count(" ") >= 2, 10)
+        assert eventually(lambda: sink.text.count(" ") >= 2, 10)
         os.kill(first_pid, signal.SIGKILL)
         assert request.finished.wait(10)
         assert sink.last[:2] == ("error", "engine_lost")
-        assert _wait_for(lambda: engine.sidecar.ready and engine.sidecar.pid != first_pid, 30)
+        assert eventually(lambda: engine.sidecar.ready and engine.sidecar.pid != first_pid, 30)
         assert engine.stats()["engine_restarts"] == 1 and engine.stats()["engine_lost_requests"] == 1
         after = _run(engine, _job(params=SamplingParams(max_tokens=3)))
         assert after.last[:2] == ("done", "length")
     finally:
         engine.close()
-    assert _wait_for(lambda: not _alive(engine.sidecar.pid), 10), "close() stops the server"
+    assert eventually(lambda: not running(engine.sidecar.pid), 10), "close() stops the server"
 
 
 def test_a_server_that_cannot_start_is_a_load_failure_with_its_output(tiny_model_dir: Path) -> None:
@@ -210,25 +211,6 @@ def test_a_server_that_cannot_start_is_a_load_failure_with_its_output(tiny_model
     command = lambda port: SIDECARS["vllm"].command(spec, port, 64, tiny_model_dir, None)  # noqa: E731
     with pytest.raises(SidecarFailed, match="no-such-flag"):
         SidecarEngine(adapter, spec, command, ready_timeout=30)
-
-
-def _wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def test_a_worker_reports_an_engine_that_cannot_start_and_serves_its_other_models(tiny_model_dir: Path,

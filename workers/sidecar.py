@@ -3,6 +3,7 @@ port, tied to the worker's life, watched, and restarted when it dies.
 
 - It dies with the worker: the child asks the kernel for SIGKILL when the thread that started it
   ends (PR_SET_PDEATHSIG); that thread is the supervisor's, which lives as long as the worker.
+  Otherwise only the worker stops it (its own session: signals to the worker's group pass it by).
   A SIGKILLed worker leaves no server behind holding the model's memory.
 - `start()` returns once the server answers its health check, or raises SidecarFailed with the
   end of its output (a bad flag, a model it cannot read) for the worker's failure record.
@@ -119,8 +120,11 @@ class Sidecar:
         argv = self._command(port)
         log.info("starting %s: %s", self.name, " ".join(argv))
         try:
+            # A session of its own: a signal to the worker's process group (Ctrl-C, a launcher's
+            # SIGTERM) reaches the worker only, which closes its engines in order; the server
+            # taking it too would look like a crash and be started again mid-shutdown.
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    preexec_fn=_die_with_parent)  # noqa: PLW1509  # fmt: skip
+                                    preexec_fn=_die_with_parent, start_new_session=True)  # noqa: PLW1509  # fmt: skip
         except OSError as exc:
             self._failure = f"cannot start {self.name} ({argv[0]}): {exc}"
             return -1

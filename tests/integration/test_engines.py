@@ -295,3 +295,15 @@ def test_a_killed_vllm_worker_takes_its_server_with_it(stack, fake_worker) -> No
     assert running(pid)
     fake_worker.stop(signal.SIGKILL)
     assert eventually(lambda: not running(pid), 10), "the engine server outlived its worker"
+
+
+def test_a_stopped_worker_closes_its_server_without_restarting_it(stack) -> None:
+    """SIGTERM to the worker's process group (Ctrl-C, the launcher): only the worker gets it and
+    closes its engine server in order; a server in the same group would die first, look like a
+    crash and be started again mid-shutdown."""
+    worker = _worker(stack, "fake-vllm")
+    _, pid = _sidecar(worker)
+    worker.stop(signal.SIGTERM)
+    assert eventually(lambda: not running(pid), 10), "the engine server outlived its worker"
+    log = worker.log_tail(200_000)
+    assert "starting it again" not in log and "exited" not in log
